@@ -1,0 +1,680 @@
+//! [`LocalFs`]: the driver that stores objects as files under a directory on a local filesystem.
+//!
+//! Layout: object `a/b/c` is the file `<root>/a/b/c`. Temporary files live in `<root>/.tmp/`,
+//! which no [`DriverPath`] can name. Replacement is write-to-temp, fsync, rename; when `sync` is
+//! on, every change of a directory entry is followed by an fsync of that directory.
+//!
+//! Blocking filesystem calls run on tokio's blocking pool (`spawn_blocking`); reads of object
+//! contents stream through `tokio::fs`.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use tokio::io::{AsyncReadExt, AsyncSeekExt};
+use tokio_util::io::ReaderStream;
+
+use crate::path::is_valid_component;
+use crate::{
+    ByteStream, Capabilities, Driver, DriverError, DriverPath, DriverWriter, ObjectMeta, Result,
+};
+
+/// Directory under the root holding temporary files.
+const TMP_DIR: &str = ".tmp";
+/// Chunk size of streams returned by `read_range`.
+const READ_CHUNK: usize = 256 * 1024;
+/// Bytes an append writer buffers before writing them to the file.
+const WRITE_BUF: usize = 1024 * 1024;
+/// `put` writes its temporary file in chunks of this size, checking for cancellation in between.
+const PUT_CHUNK: usize = 1024 * 1024;
+
+/// A driver storing objects as files under a root directory.
+///
+/// One `LocalFs` should own a root at a time: [`LocalFs::new`] deletes whatever it finds in
+/// `<root>/.tmp/`, including temporary files of another live instance. Clones share everything.
+#[derive(Debug, Clone)]
+pub struct LocalFs {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    root: PathBuf,
+    tmp: PathBuf,
+    sync: bool,
+    hardlink: bool,
+}
+
+impl LocalFs {
+    /// Opens (creating when missing) the root directory and `<root>/.tmp/`, removes stale
+    /// temporary files left by a crash, and probes whether the filesystem supports hard links.
+    ///
+    /// With `sync` on, file data is fsynced before it is renamed into place and the directory is
+    /// fsynced after every rename, create, link and delete; with `sync` off there is no fsync.
+    ///
+    /// This does blocking filesystem calls: call it at startup (or inside `spawn_blocking`).
+    pub fn new(root: impl Into<PathBuf>, sync: bool) -> Result<LocalFs> {
+        let root: PathBuf = root.into();
+        let label = root.display().to_string();
+        let existed = root.is_dir();
+        fs::create_dir_all(&root).map_err(|e| DriverError::io(&label, e))?;
+        if sync && !existed {
+            // Best effort: the parent of the root may not be ours to open.
+            let parent = match root.parent() {
+                Some(p) if !p.as_os_str().is_empty() => p,
+                _ => Path::new("."),
+            };
+            let _ = fsync_dir(parent);
+        }
+
+        let tmp = root.join(TMP_DIR);
+        let tmp_label = format!("{label}/{TMP_DIR}");
+        match fs::create_dir(&tmp) {
+            Ok(()) if sync => fsync_dir(&root).map_err(|e| DriverError::io(&label, e))?,
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(DriverError::io(tmp_label, e)),
+        }
+        remove_stale(&tmp).map_err(|e| DriverError::io(&tmp_label, e))?;
+        let hardlink = probe_hardlink(&tmp).map_err(|e| DriverError::io(&tmp_label, e))?;
+
+        Ok(LocalFs {
+            inner: Arc::new(Inner {
+                root,
+                tmp,
+                sync,
+                hardlink,
+            }),
+        })
+    }
+
+    /// The root directory.
+    pub fn root(&self) -> &Path {
+        &self.inner.root
+    }
+
+    /// Runs `f` on the blocking pool.
+    async fn blocking<T, F>(&self, label: &str, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Inner) -> Result<T> + Send + 'static,
+    {
+        let inner = Arc::clone(&self.inner);
+        run_blocking(label, move || f(&inner)).await
+    }
+}
+
+#[async_trait::async_trait]
+impl Driver for LocalFs {
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            hardlink: self.inner.hardlink,
+        }
+    }
+
+    async fn get(&self, path: &DriverPath) -> Result<Bytes> {
+        let p = path.clone();
+        self.blocking(path.as_str(), move |fs| fs.get(&p)).await
+    }
+
+    /// If the future is dropped before it completes, the background work stops at its next
+    /// checkpoint, removes the temporary file and leaves the target untouched (unless the rename
+    /// had already happened).
+    async fn put(&self, path: &DriverPath, data: Bytes) -> Result<()> {
+        let p = path.clone();
+        let cancel = CancelOnDrop::default();
+        let flag = Arc::clone(&cancel.0);
+        let result = self
+            .blocking(path.as_str(), move |fs| fs.put(&p, &data, &flag))
+            .await;
+        drop(cancel);
+        result
+    }
+
+    async fn read_range(
+        &self,
+        path: &DriverPath,
+        offset: u64,
+        len: Option<u64>,
+    ) -> Result<ByteStream> {
+        let full = self.inner.object_path(path)?;
+        let label = path.as_str();
+        let mut file = tokio::fs::File::open(&full)
+            .await
+            .map_err(|e| lookup_err(label, e))?;
+        let meta = file.metadata().await.map_err(|e| lookup_err(label, e))?;
+        if !meta.is_file() {
+            return Err(DriverError::NotFound(label.to_owned()));
+        }
+        if offset > 0 {
+            file.seek(SeekFrom::Start(offset))
+                .await
+                .map_err(|e| DriverError::io(label, e))?;
+        }
+        let reader = file.take(len.unwrap_or(u64::MAX));
+        Ok(Box::pin(ReaderStream::with_capacity(reader, READ_CHUNK)))
+    }
+
+    async fn stat(&self, path: &DriverPath) -> Result<ObjectMeta> {
+        let p = path.clone();
+        self.blocking(path.as_str(), move |fs| fs.stat(&p)).await
+    }
+
+    /// The writer buffers up to 1 MiB: bytes become visible at `path` when the buffer fills and
+    /// on `close`. Dropping the writer without `close` discards the buffered bytes. When a write
+    /// to the file fails, the buffered bytes are dropped and `size()` falls back to the bytes
+    /// actually in the file (which can be less than before the failed call).
+    async fn append(&self, path: &DriverPath) -> Result<Box<dyn DriverWriter>> {
+        let p = path.clone();
+        let (file, size) = self
+            .blocking(path.as_str(), move |fs| fs.open_append(&p))
+            .await?;
+        Ok(Box::new(LocalWriter {
+            file: Arc::new(file),
+            buf: Vec::new(),
+            committed: size,
+            sync: self.inner.sync,
+            label: path.as_str().to_owned(),
+            interrupted: false,
+        }))
+    }
+
+    async fn list(&self, path: &DriverPath) -> Result<Vec<String>> {
+        let p = path.clone();
+        self.blocking(&label(path), move |fs| fs.list(&p)).await
+    }
+
+    async fn rename(&self, from: &DriverPath, to: &DriverPath) -> Result<()> {
+        let (f, t) = (from.clone(), to.clone());
+        self.blocking(from.as_str(), move |fs| fs.rename(&f, &t))
+            .await
+    }
+
+    async fn delete(&self, path: &DriverPath) -> Result<()> {
+        let p = path.clone();
+        self.blocking(&label(path), move |fs| fs.delete(&p)).await
+    }
+
+    /// Refuses the root (`InvalidPath`). An object (not a directory) at `path` is an error.
+    async fn delete_all(&self, path: &DriverPath) -> Result<()> {
+        let p = path.clone();
+        self.blocking(&label(path), move |fs| fs.delete_all(&p))
+            .await
+    }
+
+    async fn link(&self, from: &DriverPath, to: &DriverPath) -> Result<()> {
+        let (f, t) = (from.clone(), to.clone());
+        self.blocking(from.as_str(), move |fs| fs.link(&f, &t))
+            .await
+    }
+
+    async fn free_space(&self) -> Result<Option<u64>> {
+        let root = self.root().to_owned();
+        let stat = tokio::task::spawn_blocking(move || rustix::fs::statvfs(&root))
+            .await
+            .map_err(|e| DriverError::io(".", std::io::Error::other(e)))?
+            .map_err(|e| DriverError::io(".", std::io::Error::from(e)))?;
+        Ok(Some(stat.f_bavail.saturating_mul(stat.f_frsize)))
+    }
+}
+
+/// The blocking halves of the driver operations.
+impl Inner {
+    /// The filesystem path of `path` (the root itself for the root).
+    fn full(&self, path: &DriverPath) -> PathBuf {
+        if path.is_root() {
+            self.root.clone()
+        } else {
+            self.root.join(path.as_str())
+        }
+    }
+
+    /// The filesystem path of an object; `InvalidPath` for the root, which is not an object.
+    fn object_path(&self, path: &DriverPath) -> Result<PathBuf> {
+        if path.is_root() {
+            return Err(DriverError::InvalidPath(
+                "the root is a directory, not an object".to_owned(),
+            ));
+        }
+        Ok(self.full(path))
+    }
+
+    /// When syncing, fsyncs the directory holding `full`.
+    fn sync_parent(&self, full: &Path, label: &str) -> Result<()> {
+        if !self.sync {
+            return Ok(());
+        }
+        let dir = full.parent().unwrap_or(&self.root);
+        fsync_dir(dir).map_err(|e| DriverError::io(label, e))
+    }
+
+    /// Creates the parent directories of `path`; when syncing, fsyncs the parent of each
+    /// directory it creates so the new entries are durable.
+    fn create_parents(&self, path: &DriverPath) -> Result<()> {
+        let Some(dir) = path.parent() else {
+            return Ok(()); // the root exists
+        };
+        if self.full(&dir).is_dir() {
+            return Ok(());
+        }
+        let mut cur = self.root.clone();
+        for component in dir.components() {
+            cur.push(component);
+            match fs::create_dir(&cur) {
+                Ok(()) => self.sync_parent(&cur, dir.as_str())?,
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+                Err(e) => return Err(DriverError::io(dir.as_str(), e)),
+            }
+        }
+        Ok(())
+    }
+
+    fn get(&self, path: &DriverPath) -> Result<Bytes> {
+        let label = path.as_str();
+        let mut file = File::open(self.object_path(path)?).map_err(|e| lookup_err(label, e))?;
+        let meta = file.metadata().map_err(|e| DriverError::io(label, e))?;
+        if !meta.is_file() {
+            return Err(DriverError::NotFound(label.to_owned()));
+        }
+        let mut buf = Vec::with_capacity(usize::try_from(meta.len()).unwrap_or(0));
+        file.read_to_end(&mut buf)
+            .map_err(|e| DriverError::io(label, e))?;
+        Ok(Bytes::from(buf))
+    }
+
+    fn put(&self, path: &DriverPath, data: &[u8], cancelled: &AtomicBool) -> Result<()> {
+        let label = path.as_str();
+        let target = self.object_path(path)?;
+        let io_err = |e| DriverError::io(label, e);
+        if cancelled.load(Ordering::Relaxed) {
+            return Err(cancelled_err(label));
+        }
+        self.create_parents(path)?;
+        let tmp = TempFile::create(&self.tmp).map_err(io_err)?;
+        for chunk in data.chunks(PUT_CHUNK) {
+            if cancelled.load(Ordering::Relaxed) {
+                return Err(cancelled_err(label));
+            }
+            (&tmp.file).write_all(chunk).map_err(io_err)?;
+        }
+        if self.sync {
+            tmp.file.sync_all().map_err(io_err)?;
+        }
+        if cancelled.load(Ordering::Relaxed) {
+            return Err(cancelled_err(label));
+        }
+        tmp.persist(&target).map_err(io_err)?;
+        self.sync_parent(&target, label)
+    }
+
+    fn stat(&self, path: &DriverPath) -> Result<ObjectMeta> {
+        let label = path.as_str();
+        let meta = fs::metadata(self.object_path(path)?).map_err(|e| lookup_err(label, e))?;
+        if !meta.is_file() {
+            return Err(DriverError::NotFound(label.to_owned()));
+        }
+        let modified = meta.modified().map_err(|e| DriverError::io(label, e))?;
+        #[cfg(unix)]
+        let id = {
+            use std::os::unix::fs::MetadataExt;
+            Some((meta.dev(), meta.ino()))
+        };
+        #[cfg(not(unix))]
+        let id = None;
+        Ok(ObjectMeta {
+            size: meta.len(),
+            modified,
+            id,
+        })
+    }
+
+    fn open_append(&self, path: &DriverPath) -> Result<(File, u64)> {
+        let label = path.as_str();
+        let full = self.object_path(path)?;
+        let open = |create| OpenOptions::new().append(true).create(create).open(&full);
+        let file = match open(false) {
+            Ok(file) => file,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                self.create_parents(path)?;
+                let file = open(true).map_err(|e| DriverError::io(label, e))?;
+                self.sync_parent(&full, label)?;
+                file
+            }
+            Err(e) => return Err(DriverError::io(label, e)),
+        };
+        let meta = file.metadata().map_err(|e| DriverError::io(label, e))?;
+        Ok((file, meta.len()))
+    }
+
+    fn list(&self, path: &DriverPath) -> Result<Vec<String>> {
+        let err = |e| DriverError::io(label(path), e);
+        let entries = match fs::read_dir(self.full(path)) {
+            Ok(entries) => entries,
+            Err(e) if is_missing(&e) => return Ok(Vec::new()),
+            Err(e) => return Err(err(e)),
+        };
+        let mut names = Vec::new();
+        for entry in entries {
+            // Names no DriverPath can address (`.tmp`, other dot-names, stray files with other
+            // characters or non-UTF-8 names) are not part of the store.
+            if let Ok(name) = entry.map_err(err)?.file_name().into_string() {
+                if is_valid_component(&name) {
+                    names.push(name);
+                }
+            }
+        }
+        names.sort_unstable();
+        Ok(names)
+    }
+
+    fn rename(&self, from: &DriverPath, to: &DriverPath) -> Result<()> {
+        let src = self.object_path(from)?;
+        let dst = self.object_path(to)?;
+        let meta = fs::metadata(&src).map_err(|e| lookup_err(from.as_str(), e))?;
+        if !meta.is_file() {
+            return Err(DriverError::NotFound(from.as_str().to_owned()));
+        }
+        self.create_parents(to)?;
+        fs::rename(&src, &dst).map_err(|e| match e.kind() {
+            io::ErrorKind::NotFound => DriverError::NotFound(from.as_str().to_owned()),
+            _ => DriverError::io(format!("{from} -> {to}"), e),
+        })?;
+        self.sync_parent(&dst, to.as_str())?;
+        if src.parent() != dst.parent() {
+            self.sync_parent(&src, from.as_str())?;
+        }
+        Ok(())
+    }
+
+    fn delete(&self, path: &DriverPath) -> Result<()> {
+        let label = path.as_str();
+        let full = self.object_path(path)?;
+        match fs::remove_file(&full) {
+            Ok(()) => self.sync_parent(&full, label),
+            Err(e) if is_missing(&e) => Ok(()),
+            Err(e) => Err(DriverError::io(label, e)),
+        }
+    }
+
+    fn delete_all(&self, path: &DriverPath) -> Result<()> {
+        let label = path.as_str();
+        if path.is_root() {
+            return Err(DriverError::InvalidPath(
+                "refusing to delete the root".to_owned(),
+            ));
+        }
+        let full = self.full(path);
+        match fs::symlink_metadata(&full) {
+            Ok(meta) if meta.is_dir() => {}
+            Ok(_) => {
+                return Err(DriverError::io(
+                    label,
+                    io::Error::new(io::ErrorKind::NotADirectory, "not a directory"),
+                ))
+            }
+            Err(e) if is_missing(&e) => return Ok(()),
+            Err(e) => return Err(DriverError::io(label, e)),
+        }
+        match fs::remove_dir_all(&full) {
+            Ok(()) => self.sync_parent(&full, label),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(DriverError::io(label, e)),
+        }
+    }
+
+    fn link(&self, from: &DriverPath, to: &DriverPath) -> Result<()> {
+        if !self.hardlink {
+            return Err(DriverError::Unsupported(
+                "hard links are not supported by this filesystem",
+            ));
+        }
+        let src = self.object_path(from)?;
+        let dst = self.object_path(to)?;
+        let meta = fs::metadata(&src).map_err(|e| lookup_err(from.as_str(), e))?;
+        if !meta.is_file() {
+            return Err(DriverError::NotFound(from.as_str().to_owned()));
+        }
+        if fs::symlink_metadata(&dst).is_ok() {
+            return Err(DriverError::PreconditionFailed(format!("{to} exists")));
+        }
+        self.create_parents(to)?;
+        fs::hard_link(&src, &dst).map_err(|e| match e.kind() {
+            io::ErrorKind::AlreadyExists => DriverError::PreconditionFailed(format!("{to} exists")),
+            io::ErrorKind::NotFound => DriverError::NotFound(from.as_str().to_owned()),
+            _ => DriverError::io(format!("{from} -> {to}"), e),
+        })?;
+        self.sync_parent(&dst, to.as_str())
+    }
+}
+
+/// The writer returned by [`LocalFs::append`](Driver::append).
+struct LocalWriter {
+    file: Arc<File>,
+    /// Bytes accepted but not yet written to the file.
+    buf: Vec<u8>,
+    /// Bytes in the file.
+    committed: u64,
+    sync: bool,
+    label: String,
+    /// A write to the file was cancelled mid-way (its future dropped): the size is unknown.
+    interrupted: bool,
+}
+
+impl LocalWriter {
+    fn check_usable(&self) -> Result<()> {
+        if self.interrupted {
+            return Err(DriverError::io(
+                &self.label,
+                io::Error::other("an earlier write on this writer was cancelled"),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Writes `pending` to the file, counting exactly the bytes that reached it.
+    async fn write_out(&mut self, pending: Vec<u8>) -> Result<()> {
+        self.interrupted = true;
+        let file = Arc::clone(&self.file);
+        let (written, result, mut pending) = run_blocking(&self.label, move || {
+            let (written, result) = write_counting(&mut &*file, &pending);
+            Ok((written, result, pending))
+        })
+        .await?;
+        self.interrupted = false;
+        self.committed += written as u64;
+        pending.clear();
+        self.buf = pending; // reuse the allocation
+        result.map_err(|e| DriverError::io(&self.label, e))
+    }
+}
+
+#[async_trait::async_trait]
+impl DriverWriter for LocalWriter {
+    fn size(&self) -> u64 {
+        self.committed + self.buf.len() as u64
+    }
+
+    /// Fills the buffer and writes it out each time it is full, so memory stays bounded by the
+    /// buffer size however large `data` is.
+    async fn write(&mut self, mut data: &[u8]) -> Result<()> {
+        self.check_usable()?;
+        loop {
+            if self.buf.capacity() < WRITE_BUF {
+                self.buf.reserve_exact(WRITE_BUF - self.buf.len());
+            }
+            let take = data.len().min(WRITE_BUF - self.buf.len());
+            self.buf.extend_from_slice(&data[..take]);
+            data = &data[take..];
+            if self.buf.len() < WRITE_BUF {
+                return Ok(()); // all of `data` is buffered
+            }
+            let full = std::mem::take(&mut self.buf);
+            self.write_out(full).await?;
+        }
+    }
+
+    async fn close(self: Box<Self>) -> Result<u64> {
+        let mut this = *self;
+        this.check_usable()?;
+        if !this.buf.is_empty() {
+            let pending = std::mem::take(&mut this.buf);
+            this.write_out(pending).await?;
+        }
+        if this.sync {
+            let file = Arc::clone(&this.file);
+            let label = this.label.clone();
+            run_blocking(&this.label, move || {
+                file.sync_all().map_err(|e| DriverError::io(label, e))
+            })
+            .await?;
+        }
+        Ok(this.committed)
+    }
+}
+
+/// Writes all of `data`, returning how many bytes were written even when it fails midway.
+fn write_counting(w: &mut impl Write, data: &[u8]) -> (usize, io::Result<()>) {
+    let mut done = 0;
+    while done < data.len() {
+        match w.write(&data[done..]) {
+            Ok(0) => return (done, Err(io::ErrorKind::WriteZero.into())),
+            Ok(n) => done += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return (done, Err(e)),
+        }
+    }
+    (done, Ok(()))
+}
+
+/// A temporary file that is removed when dropped, unless [`TempFile::persist`] moved it away.
+struct TempFile {
+    path: PathBuf,
+    file: File,
+    armed: bool,
+}
+
+impl TempFile {
+    /// Creates a new, uniquely named file in `dir`.
+    fn create(dir: &Path) -> io::Result<TempFile> {
+        let path = dir.join(uuid::Uuid::new_v4().simple().to_string());
+        let file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&path)?;
+        Ok(TempFile {
+            path,
+            file,
+            armed: true,
+        })
+    }
+
+    /// Renames the file to `to` (replacing it); on failure the file is removed.
+    fn persist(mut self, to: &Path) -> io::Result<()> {
+        fs::rename(&self.path, to)?;
+        self.armed = false;
+        Ok(())
+    }
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        if self.armed {
+            let _ = fs::remove_file(&self.path);
+        }
+    }
+}
+
+/// Sets its flag when dropped: tells the blocking half of `put` that nobody awaits it any more.
+#[derive(Default)]
+struct CancelOnDrop(Arc<AtomicBool>);
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
+async fn run_blocking<T, F>(label: &str, f: F) -> Result<T>
+where
+    T: Send + 'static,
+    F: FnOnce() -> Result<T> + Send + 'static,
+{
+    tokio::task::spawn_blocking(f).await.unwrap_or_else(|e| {
+        Err(DriverError::io(
+            label,
+            io::Error::other(format!("blocking task failed: {e}")),
+        ))
+    })
+}
+
+/// Fsyncs a directory, making the entries created, renamed or removed in it durable.
+fn fsync_dir(dir: &Path) -> io::Result<()> {
+    #[cfg(unix)]
+    File::open(dir)?.sync_all()?;
+    #[cfg(not(unix))]
+    let _ = dir; // directories cannot be opened for fsync here
+    Ok(())
+}
+
+/// Removes everything in the temporary directory.
+fn remove_stale(tmp: &Path) -> io::Result<()> {
+    for entry in fs::read_dir(tmp)? {
+        let entry = entry?;
+        let result = if entry.file_type()?.is_dir() {
+            fs::remove_dir_all(entry.path())
+        } else {
+            fs::remove_file(entry.path())
+        };
+        match result {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// Whether hard links work in `tmp`: links a fresh file there, then removes both names.
+fn probe_hardlink(tmp: &Path) -> io::Result<bool> {
+    let probe = TempFile::create(tmp)?;
+    let link = tmp.join(format!("{}-link", uuid::Uuid::new_v4().simple()));
+    let works = fs::hard_link(&probe.path, &link).is_ok();
+    if works {
+        fs::remove_file(&link)?;
+    }
+    Ok(works)
+}
+
+/// A lookup failure: a file where a directory was expected also means "no such object".
+fn lookup_err(label: &str, e: io::Error) -> DriverError {
+    if is_missing(&e) {
+        DriverError::NotFound(label.to_owned())
+    } else {
+        DriverError::io(label, e)
+    }
+}
+
+fn is_missing(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::NotFound | io::ErrorKind::NotADirectory
+    )
+}
+
+fn cancelled_err(label: &str) -> DriverError {
+    DriverError::io(label, io::Error::other("put was cancelled"))
+}
+
+/// How errors name a path: the root has no name of its own.
+fn label(path: &DriverPath) -> String {
+    if path.is_root() {
+        ".".to_owned()
+    } else {
+        path.as_str().to_owned()
+    }
+}
+
+#[cfg(test)]
+mod tests;
