@@ -19,6 +19,7 @@ use crate::{Driver, DriverError, DriverPath};
 pub async fn run_all(driver: &dyn Driver) {
     put_get_round_trip(driver).await;
     put_replaces_atomically(driver).await;
+    put_scratch_then_persist(driver).await;
     get_missing_is_not_found(driver).await;
     read_range_full(driver).await;
     read_range_offset_and_len(driver).await;
@@ -135,6 +136,26 @@ pub async fn put_replaces_atomically(driver: &dyn Driver) {
     };
     futures_util::future::join(writer, reader).await;
     assert_eq!(driver.get(&path).await.unwrap(), a);
+    cleanup(driver, &base).await;
+}
+
+/// `put_scratch` creates (with parents) and replaces like `put`, visible at once; `persist`
+/// keeps the bytes and is `NotFound` for a missing object.
+pub async fn put_scratch_then_persist(driver: &dyn Driver) {
+    let base = scratch("put-scratch");
+    let path = at(&base, "a/b/info");
+    driver.put_scratch(&path, pattern(5000, 3)).await.unwrap();
+    assert_eq!(driver.get(&path).await.unwrap(), pattern(5000, 3));
+    driver
+        .put_scratch(&path, Bytes::from_static(b"new"))
+        .await
+        .unwrap();
+    driver.persist(&path).await.unwrap();
+    assert_eq!(driver.get(&path).await.unwrap(), &b"new"[..]);
+    assert_not_found(
+        driver.persist(&at(&base, "missing")).await,
+        "persist missing",
+    );
     cleanup(driver, &base).await;
 }
 

@@ -104,6 +104,16 @@ pub trait Driver: Send + Sync + 'static {
     /// driver syncs, the new bytes and the name are durable when this returns.
     async fn put(&self, path: &DriverPath, data: Bytes) -> Result<()>;
 
+    /// Like [`Driver::put`], but nothing is made durable: for scratch state the caller can
+    /// afford to lose (an upload session's description before its first chunk is acknowledged).
+    /// Readers never see a mix of old and new bytes; after a crash the object may be missing or
+    /// empty, and directories this created may be gone. [`Driver::persist`] makes it durable.
+    async fn put_scratch(&self, path: &DriverPath, data: Bytes) -> Result<()>;
+
+    /// Makes the object at `path` durable: its bytes, its name and the names of the directories
+    /// above it. `NotFound` if there is no object at `path`.
+    async fn persist(&self, path: &DriverPath) -> Result<()>;
+
     /// Streams `len` bytes (all remaining when `None`) of the object starting at `offset`.
     /// `NotFound` if there is no object. The caller checks bounds against [`Driver::stat`].
     async fn read_range(
@@ -136,7 +146,9 @@ pub trait Driver: Send + Sync + 'static {
     /// directories may be left behind.
     async fn delete(&self, path: &DriverPath) -> Result<()>;
 
-    /// Removes the directory `path` and everything below it. Idempotent.
+    /// Removes the directory `path` and everything below it. Idempotent. Not made durable:
+    /// this removes scratch areas, and after a crash part of the tree may come back (objects
+    /// moved out of it by [`Driver::rename`] do not).
     async fn delete_all(&self, path: &DriverPath) -> Result<()>;
 
     /// Makes `to` a second name for the bytes of `from` (a hard link), creating parent

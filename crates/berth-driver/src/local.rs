@@ -2,7 +2,8 @@
 //!
 //! Layout: object `a/b/c` is the file `<root>/a/b/c`. Temporary files live in `<root>/.tmp/`,
 //! which no [`DriverPath`] can name. Replacement is write-to-temp, fsync, rename; when `sync` is
-//! on, every change of a directory entry is followed by an fsync of that directory.
+//! on, every change of a directory entry is followed by an fsync of that directory, except
+//! `put_scratch` and `delete_all` (scratch areas: see their contracts).
 //!
 //! Blocking filesystem calls run on tokio's blocking pool (`spawn_blocking`); reads of object
 //! contents stream through `tokio::fs`.
@@ -134,6 +135,17 @@ impl Driver for LocalFs {
         result
     }
 
+    async fn put_scratch(&self, path: &DriverPath, data: Bytes) -> Result<()> {
+        let p = path.clone();
+        self.blocking(path.as_str(), move |fs| fs.put_scratch(&p, &data))
+            .await
+    }
+
+    async fn persist(&self, path: &DriverPath) -> Result<()> {
+        let p = path.clone();
+        self.blocking(path.as_str(), move |fs| fs.persist(&p)).await
+    }
+
     async fn read_range(
         &self,
         path: &DriverPath,
@@ -254,6 +266,12 @@ impl Inner {
     /// Creates the parent directories of `path`; when syncing, fsyncs the parent of each
     /// directory it creates so the new entries are durable.
     fn create_parents(&self, path: &DriverPath) -> Result<()> {
+        self.create_parents_with(path, true)
+    }
+
+    /// Creates the parent directories of `path`, fsyncing the parent of each new directory
+    /// when `durable` and syncing.
+    fn create_parents_with(&self, path: &DriverPath, durable: bool) -> Result<()> {
         let Some(dir) = path.parent() else {
             return Ok(()); // the root exists
         };
@@ -264,7 +282,8 @@ impl Inner {
         for component in dir.components() {
             cur.push(component);
             match fs::create_dir(&cur) {
-                Ok(()) => self.sync_parent(&cur, dir.as_str())?,
+                Ok(()) if durable => self.sync_parent(&cur, dir.as_str())?,
+                Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
                 Err(e) => return Err(DriverError::io(dir.as_str(), e)),
             }
@@ -308,6 +327,35 @@ impl Inner {
         }
         tmp.persist(&target).map_err(io_err)?;
         self.sync_parent(&target, label)
+    }
+
+    fn put_scratch(&self, path: &DriverPath, data: &[u8]) -> Result<()> {
+        let label = path.as_str();
+        let target = self.object_path(path)?;
+        let io_err = |e| DriverError::io(label, e);
+        self.create_parents_with(path, false)?;
+        let tmp = TempFile::create(&self.tmp).map_err(io_err)?;
+        (&tmp.file).write_all(data).map_err(io_err)?;
+        tmp.persist(&target).map_err(io_err)
+    }
+
+    /// fsyncs the object, then every directory from its parent up to the root.
+    fn persist(&self, path: &DriverPath) -> Result<()> {
+        let label = path.as_str();
+        let full = self.object_path(path)?;
+        let file = File::open(&full).map_err(|e| lookup_err(label, e))?;
+        if !self.sync {
+            return Ok(());
+        }
+        file.sync_all().map_err(|e| DriverError::io(label, e))?;
+        let mut dir = path.parent().unwrap_or_else(DriverPath::root);
+        loop {
+            fsync_dir(&self.full(&dir)).map_err(|e| DriverError::io(label, e))?;
+            if dir.is_root() {
+                return Ok(());
+            }
+            dir = dir.parent().unwrap_or_else(DriverPath::root);
+        }
     }
 
     fn stat(&self, path: &DriverPath) -> Result<ObjectMeta> {
@@ -418,8 +466,9 @@ impl Inner {
             Err(e) if is_missing(&e) => return Ok(()),
             Err(e) => return Err(DriverError::io(label, e)),
         }
+        // Not fsynced: scratch areas only (see the contract).
         match fs::remove_dir_all(&full) {
-            Ok(()) => self.sync_parent(&full, label),
+            Ok(()) => Ok(()),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
             Err(e) => Err(DriverError::io(label, e)),
         }

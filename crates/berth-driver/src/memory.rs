@@ -11,8 +11,9 @@
 //! - The *durable* state is what survives a power cut: the names that were synced and, per inode,
 //!   the bytes as of its last sync.
 //!
-//! Per the [`Driver`] contracts, `put`, `rename`, `link`, `delete` and `delete_all` are durable
-//! when they return: they change both states. An append writer's bytes are visible as they are
+//! Per the [`Driver`] contracts, `put`, `rename`, `link` and `delete` are durable when they
+//! return: they change both states. `put_scratch` changes only the visible state until
+//! `persist`; `delete_all` changes only the visible state (a power cut brings the tree back). An append writer's bytes are visible as they are
 //! written and become durable only at [`DriverWriter::close`] (the fsync); a file the writer
 //! created gets a durable name only then, too. So after a power cut an unsynced append is gone,
 //! and a file renamed or linked before its writer closed comes back with its last synced bytes
@@ -48,9 +49,9 @@ struct State {
     next: u64,
     /// Visible names: path -> inode.
     names: BTreeMap<String, u64>,
-    /// Durable names: path -> inode. Always a sub-map of `names`: only creating a file with an
-    /// append writer adds a visible name without a durable one, and every other change of a name
-    /// is durable at once.
+    /// Durable names: path -> inode. Differs from `names` where a change is not durable yet:
+    /// files created by append writers that have not closed and by `put_scratch` (visible,
+    /// not durable), and trees removed by `delete_all` (durable, no longer visible).
     durable: BTreeMap<String, u64>,
     inodes: HashMap<u64, Inode>,
 }
@@ -270,6 +271,29 @@ impl Driver for MemDriver {
         Ok(())
     }
 
+    /// Visible at once, durable never (until [`Driver::persist`]): a power cut loses the object,
+    /// and a durable object it replaced.
+    async fn put_scratch(&self, path: &DriverPath, data: Bytes) -> Result<()> {
+        let p = object(path)?;
+        let mut st = self.lock();
+        st.check_creatable(p)?;
+        let ino = st.new_inode(data.to_vec(), Bytes::new());
+        st.durable.remove(p);
+        st.set_name(p, ino);
+        Ok(())
+    }
+
+    async fn persist(&self, path: &DriverPath) -> Result<()> {
+        let p = object(path)?;
+        let mut st = self.lock();
+        let ino = st.lookup(p)?;
+        if let Some(inode) = st.inodes.get_mut(&ino) {
+            inode.synced = Bytes::copy_from_slice(&inode.data);
+        }
+        st.durable.insert(p.to_owned(), ino);
+        Ok(())
+    }
+
     async fn read_range(
         &self,
         path: &DriverPath,
@@ -406,8 +430,11 @@ impl Driver for MemDriver {
             .take_while(|(k, _)| k.starts_with(&prefix))
             .map(|(k, _)| k.clone())
             .collect();
+        // Not durable: the durable names stay (a power cut brings the tree back).
         for k in doomed {
-            st.remove_name(&k);
+            if let Some(old) = st.names.remove(&k) {
+                st.release(old);
+            }
         }
         Ok(())
     }
@@ -559,6 +586,33 @@ mod tests {
         assert!(cut.get(&p("blob")).await.unwrap().is_empty());
         drop(w);
         assert_eq!(d.get(&p("blob")).await.unwrap(), &b"not synced"[..]);
+    }
+
+    #[tokio::test]
+    async fn scratch_objects_are_durable_only_once_persisted() {
+        let d = MemDriver::new();
+        d.put_scratch(&p("s/info"), Bytes::from_static(b"i"))
+            .await
+            .unwrap();
+        assert_eq!(d.get(&p("s/info")).await.unwrap(), &b"i"[..]);
+        assert!(d.power_cut().paths().is_empty());
+        d.persist(&p("s/info")).await.unwrap();
+        assert_eq!(d.power_cut().get(&p("s/info")).await.unwrap(), &b"i"[..]);
+        assert!(d.persist(&p("s/missing")).await.unwrap_err().is_not_found());
+    }
+
+    #[tokio::test]
+    async fn a_removed_tree_comes_back_after_a_power_cut() {
+        let d = MemDriver::new();
+        d.put(&p("t/a"), Bytes::from_static(b"a")).await.unwrap();
+        d.put(&p("t/b"), Bytes::from_static(b"b")).await.unwrap();
+        d.rename(&p("t/b"), &p("kept")).await.unwrap();
+        d.delete_all(&p("t")).await.unwrap();
+        assert_eq!(d.paths(), ["kept"]);
+        // delete_all is not durable; the rename out of the tree was.
+        let cut = d.power_cut();
+        assert_eq!(cut.paths(), ["kept", "t/a"]);
+        assert_eq!(cut.get(&p("kept")).await.unwrap(), &b"b"[..]);
     }
 
     #[tokio::test]

@@ -47,7 +47,10 @@ impl std::fmt::Display for UploadId {
     }
 }
 
-/// `_uploads/<id>/info`: what survives a restart of a session.
+/// `_uploads/<id>/info`: what survives a restart of a session. Written as scratch when the session
+/// opens and made durable with the first acknowledged chunk (`PATCH`): a session that never
+/// acknowledged a chunk may vanish in a crash (the client then gets `BLOB_UPLOAD_UNKNOWN` and starts
+/// over), which saves a monolithic upload every fsync but the blob's own.
 #[derive(Debug, Serialize, Deserialize)]
 struct Info {
     repository: String,
@@ -62,6 +65,8 @@ struct Session {
     hasher: Option<Hasher>,
     algorithm: Algorithm,
     closed: bool,
+    /// `info` (and so the session) is durable: set by the first acknowledged chunk.
+    durable: bool,
 }
 
 #[derive(Default)]
@@ -120,7 +125,7 @@ impl Registry {
         };
         let bytes = serde_json::to_vec(&info).map_err(|e| StoreError::Internal(e.to_string()))?;
         self.driver
-            .put(&layout::upload_info(id.as_str())?, Bytes::from(bytes))
+            .put_scratch(&layout::upload_info(id.as_str())?, Bytes::from(bytes))
             .await?;
         let record = UploadRecord {
             repository: info.repository,
@@ -132,17 +137,14 @@ impl Registry {
             berth_meta::records::put(tx, Table::Uploads, &key, &record)
         })
         .await?;
-        self.driver
-            .append(&layout::upload_data(id.as_str())?)
-            .await?
-            .close()
-            .await?;
+        // The data file is created by the first bytes (or by an empty finish).
         let session = Session {
             repo: repo.clone(),
             size: 0,
             hasher: Some(algorithm.hasher()),
             algorithm,
             closed: false,
+            durable: false,
         };
         self.uploads
             .insert(&id, Arc::new(tokio::sync::Mutex::new(session)));
@@ -166,6 +168,8 @@ impl Registry {
                 };
                 let info: Info = serde_json::from_slice(&info).map_err(|_| unknown())?;
                 let owner = RepoName::parse(&info.repository).map_err(|_| unknown())?;
+                // Found on disk after a restart: without a data file the session never had an
+                // acknowledged chunk, or its bytes were already moved by a finish.
                 let size = match self.driver.stat(&layout::upload_data(id.as_str())?).await {
                     Ok(m) => m.size,
                     Err(e) if e.is_not_found() => return Err(unknown()),
@@ -178,6 +182,7 @@ impl Registry {
                     hasher: None,
                     algorithm,
                     closed: false,
+                    durable: false,
                 };
                 self.uploads
                     .insert(id, Arc::new(tokio::sync::Mutex::new(s)))
@@ -212,7 +217,18 @@ impl Registry {
         let session = self.session(repo, id).await?;
         self.check_space().await?;
         let mut s = session.lock().await;
-        let result = self.append_locked(id, &mut s, start, body).await;
+        let mut result = self.append_locked(id, &mut s, start, body).await;
+        if result.is_ok() && !s.durable {
+            // The chunk is acknowledged: from now on the session survives a crash.
+            match self
+                .driver
+                .persist(&layout::upload_info(id.as_str())?)
+                .await
+            {
+                Ok(()) => s.durable = true,
+                Err(e) => result = Err(e.into()),
+            }
+        }
         self.drop_if_full(id, &mut s, result).await
     }
 
@@ -231,7 +247,7 @@ impl Registry {
         );
         if full && !s.closed {
             s.closed = true;
-            if let Err(e) = self.remove_session(id).await {
+            if let Err(e) = self.remove_session(id, s.durable).await {
                 tracing::warn!(upload = %id, error = %e, "removing an upload after a full disk failed");
             }
         }
@@ -320,6 +336,10 @@ impl Registry {
             return Err(StoreError::UploadUnknown(id.to_string()));
         }
         let path = layout::upload_data(id.as_str())?;
+        if s.size == 0 && !self.exists(&path).await? {
+            // An empty blob finished without a body: its (empty) data file.
+            self.driver.append(&path).await?.close().await?;
+        }
         let actual = match (&s.hasher, digest.algorithm() == s.algorithm) {
             (Some(h), true) => h.current(),
             // The client chose another algorithm than the session hashed with: hash once more.
@@ -328,7 +348,7 @@ impl Registry {
         let size = s.size;
         if &actual != digest {
             s.closed = true;
-            self.remove_session(id).await?;
+            self.remove_session(id, s.durable).await?;
             return Err(StoreError::DigestInvalid {
                 expected: digest.clone(),
                 actual,
@@ -337,7 +357,7 @@ impl Registry {
         let published = self.publish_blob(repo, digest, &path, size).await;
         self.drop_if_full(id, &mut s, published).await?;
         s.closed = true;
-        self.remove_session(id).await?;
+        self.remove_session(id, s.durable).await?;
         Ok(size)
     }
 
@@ -349,10 +369,17 @@ impl Registry {
             return Err(StoreError::UploadUnknown(id.to_string()));
         }
         s.closed = true;
-        self.remove_session(id).await
+        self.remove_session(id, s.durable).await
     }
 
-    async fn remove_session(&self, id: &UploadId) -> Result<()> {
+    /// Removes a session's files. A durable session's `info` goes first, durably, so that a
+    /// crash cannot bring the session back (the rest of the directory is scratch).
+    async fn remove_session(&self, id: &UploadId, durable: bool) -> Result<()> {
+        if durable {
+            self.driver
+                .delete(&layout::upload_info(id.as_str())?)
+                .await?;
+        }
         self.driver
             .delete_all(&layout::upload_dir(id.as_str())?)
             .await?;
@@ -369,7 +396,8 @@ impl Registry {
     }
 
     /// Removes what a crash can leave in the upload area: scratch files of copies, dedupe and
-    /// repairs (anything that is not a session id) and sessions whose data file is gone (they
+    /// repairs (anything that is not a session id) and sessions whose `info` or data file is gone
+    /// (a session that never acknowledged a chunk, or whose bytes a finish had already moved: it
     /// can never resume). Called when the registry opens, before it serves.
     pub(crate) async fn clean_upload_area(&self) -> Result<usize> {
         let mut removed = 0;
@@ -379,7 +407,10 @@ impl Registry {
             };
             let dead = match UploadId::parse(&name) {
                 None => true,
-                Some(_) => !self.exists(&layout::upload_data(&name)?).await?,
+                Some(_) => {
+                    !self.exists(&layout::upload_info(&name)?).await?
+                        || !self.exists(&layout::upload_data(&name)?).await?
+                }
             };
             if dead {
                 self.driver.delete_all(&dir).await?;

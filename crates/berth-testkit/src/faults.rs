@@ -184,6 +184,16 @@ impl<D: Driver> Driver for FaultyDriver<D> {
         self.inner.put(path, data).await
     }
 
+    async fn put_scratch(&self, path: &DriverPath, data: Bytes) -> Result<(), DriverError> {
+        self.point(path, || format!("put_scratch {path}"))?;
+        self.inner.put_scratch(path, data).await
+    }
+
+    async fn persist(&self, path: &DriverPath) -> Result<(), DriverError> {
+        self.point(path, || format!("persist {path}"))?;
+        self.inner.persist(path).await
+    }
+
     async fn read_range(
         &self,
         path: &DriverPath,
