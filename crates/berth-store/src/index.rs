@@ -125,9 +125,26 @@ impl IndexJson {
     }
 
     /// Records `desc` (without annotations) as a manifest, untagged unless it already has entries.
-    pub fn add(&mut self, desc: &Descriptor) {
-        if self.by_digest(&desc.digest).is_none() {
-            self.push_indexed(plain(desc));
+    /// Returns the entry added, if any.
+    pub fn add(&mut self, desc: &Descriptor) -> Option<Descriptor> {
+        if self.by_digest(&desc.digest).is_some() {
+            return None;
+        }
+        let entry = plain(desc);
+        self.push_indexed(entry.clone());
+        Some(entry)
+    }
+
+    /// Applies an entry as `index.json` would hold it (a journal line): one naming a valid tag
+    /// sets that tag, any other is added untagged. Applying it twice changes nothing more.
+    pub fn apply(&mut self, entry: &Descriptor) {
+        match ref_name(entry).and_then(|t| Tag::parse(t).ok()) {
+            Some(tag) => {
+                self.set_tag(&tag, entry);
+            }
+            None => {
+                self.add(entry);
+            }
         }
     }
 
@@ -153,10 +170,10 @@ impl IndexJson {
 
     /// Points `tag` at `desc`. The manifest the tag left stays listed (untagged if it has no other
     /// tag), and an untagged entry of `desc` is replaced by the tagged one.
-    pub fn set_tag(&mut self, tag: &Tag, desc: &Descriptor) {
+    pub fn set_tag(&mut self, tag: &Tag, desc: &Descriptor) -> Option<Descriptor> {
         if let Some(old) = self.tagged(tag).map(|d| d.digest.clone()) {
             if old == desc.digest {
-                return;
+                return None;
             }
             self.remove_tag(tag);
         }
@@ -170,7 +187,8 @@ impl IndexJson {
             REF_NAME.to_owned(),
             tag.as_str().to_owned(),
         )]));
-        self.push_indexed(entry);
+        self.push_indexed(entry.clone());
+        Some(entry)
     }
 
     /// Removes `tag`; its manifest stays listed, untagged if no other tag names it. Returns
@@ -337,11 +355,15 @@ mod tests {
             ))
             .unwrap();
             match i % 5 {
-                0 => ix.add(&desc(i)),
+                0 => {
+                    ix.add(&desc(i));
+                }
                 1 => {
                     ix.remove_tag(&tag);
                 }
-                _ => ix.set_tag(&tag, &desc(i % 7)),
+                _ => {
+                    ix.set_tag(&tag, &desc(i % 7));
+                }
             }
             let mut rebuilt = ix.clone();
             rebuilt.reindex();

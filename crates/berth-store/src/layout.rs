@@ -93,6 +93,12 @@ pub fn index_json(repo: &RepoName) -> Result<DriverPath, DriverError> {
     path(&format!("{repo}/index.json"))
 }
 
+/// `<repo>/_index.journal`: entries added since `index.json` was last written, one JSON
+/// descriptor per line (see `repo.rs`). A leading `_` keeps it out of every repository name.
+pub fn index_journal(repo: &RepoName) -> Result<DriverPath, DriverError> {
+    path(&format!("{repo}/_index.journal"))
+}
+
 pub fn blob(repo: &RepoName, digest: &Digest) -> Result<DriverPath, DriverError> {
     path(&format!(
         "{repo}/blobs/{}/{}",

@@ -54,7 +54,14 @@ pub struct StoreConfig {
     /// Below this many free bytes, new uploads and manifests are refused while reads,
     /// deletes and garbage collection go on (`[storage] min_free_space`; 0 disables).
     pub min_free_space: u64,
+    /// Repositories whose `index.json` lists at least this many entries record additions in
+    /// `_index.journal` instead of rewriting `index.json` for each one (`[storage]
+    /// index_journal_from`; 0 never journals).
+    pub index_journal_from: usize,
 }
+
+/// The default of [`StoreConfig::index_journal_from`].
+pub const DEFAULT_INDEX_JOURNAL_FROM: usize = 1000;
 
 /// Record counts of the metadata store.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -93,6 +100,8 @@ pub struct Registry {
     stripes: Vec<tokio::sync::Mutex<()>>,
     pulls: stats::Pulls,
     reconciled: reconcile::Reconciled,
+    /// Repositories whose `_index.journal` holds entries not yet folded into `index.json`.
+    journals: Mutex<std::collections::HashSet<RepoName>>,
     gc_hook: Mutex<Option<gc::GcHook>>,
     /// Held by the one garbage collection pass that may run at a time.
     gc_running: tokio::sync::Mutex<()>,
@@ -143,6 +152,7 @@ impl Registry {
             stripes: (0..256).map(|_| tokio::sync::Mutex::new(())).collect(),
             pulls: stats::Pulls::default(),
             reconciled: reconcile::Reconciled::default(),
+            journals: Mutex::default(),
             gc_hook: Mutex::new(None),
             gc_running: tokio::sync::Mutex::new(()),
             observer: std::sync::OnceLock::new(),

@@ -24,7 +24,38 @@ pub(crate) type RepoCell = RwLock<Option<RepoState>>;
 pub(crate) struct RepoState {
     /// False until the layout files exist on disk.
     pub(crate) exists: bool,
+    /// `index.json` with its journal applied: what the repository holds.
     pub(crate) index: IndexJson,
+    /// Entries in `_index.journal` (0: there is none).
+    pub(crate) journal: usize,
+    /// The journal may end in a partial line (a failed append, or one found on disk): the next
+    /// change rewrites `index.json` instead of appending.
+    pub(crate) journal_torn: bool,
+}
+
+/// A journal this long is folded into `index.json` by the next addition.
+const JOURNAL_MAX: usize = 1000;
+
+impl RepoState {
+    /// Applies `_index.journal`: each line is an entry as `index.json` would hold it; a line
+    /// naming a tag sets that tag, any other adds the manifest untagged. Replaying an entry the
+    /// index already holds changes nothing. A line that does not parse (a write cut short)
+    /// is skipped.
+    fn replay_journal(&mut self, name: &RepoName, bytes: &[u8]) {
+        for line in bytes.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+            match serde_json::from_slice::<Descriptor>(line) {
+                Ok(entry) => {
+                    self.index.apply(&entry);
+                    self.journal += 1;
+                }
+                Err(e) => {
+                    tracing::warn!(repository = %name, error = %e,
+                        "skipping an unreadable line of _index.journal (a write cut short)");
+                    self.journal_torn = true;
+                }
+            }
+        }
+    }
 }
 
 /// The headers of a manifest: enough to answer `HEAD` without reading it.
@@ -89,43 +120,41 @@ impl Registry {
         Ok(w.downgrade())
     }
 
-    /// Reads `index.json` as it is on disk now, without reconciling.
+    /// Reads `index.json` as it is on disk now, with its journal applied, without reconciling.
     pub(crate) async fn load_fresh(&self, name: &RepoName) -> Result<RepoState> {
-        match self.driver.get(&layout::index_json(name)?).await {
-            Ok(bytes) => {
-                let index = IndexJson::from_slice(&bytes)
-                    .map_err(|e| StoreError::Corrupt(format!("{name}/index.json: {e}")))?;
-                Ok(RepoState {
-                    exists: true,
-                    index,
-                })
-            }
-            Err(e) if e.is_not_found() => Ok(RepoState {
-                exists: false,
-                index: IndexJson::empty(),
-            }),
-            Err(e) => Err(e.into()),
-        }
-    }
-
-    /// Reads `index.json` and, the first time in this process, reconciles the metadata store
-    /// with the layout. The caller holds the repository's write lock.
-    pub(crate) async fn load_state(&self, name: &RepoName) -> Result<RepoState> {
-        let state = match self.driver.get(&layout::index_json(name)?).await {
-            Ok(bytes) => {
-                let index = IndexJson::from_slice(&bytes)
-                    .map_err(|e| StoreError::Corrupt(format!("{name}/index.json: {e}")))?;
-                RepoState {
-                    exists: true,
-                    index,
-                }
-            }
-            Err(e) if e.is_not_found() => RepoState {
-                exists: false,
-                index: IndexJson::empty(),
-            },
+        let index = match self.driver.get(&layout::index_json(name)?).await {
+            Ok(bytes) => Some(
+                IndexJson::from_slice(&bytes)
+                    .map_err(|e| StoreError::Corrupt(format!("{name}/index.json: {e}")))?,
+            ),
+            Err(e) if e.is_not_found() => None,
             Err(e) => return Err(e.into()),
         };
+        let journal = match self.driver.get(&layout::index_journal(name)?).await {
+            Ok(bytes) => Some(bytes),
+            Err(e) if e.is_not_found() => None,
+            Err(e) => return Err(e.into()),
+        };
+        let exists = index.is_some() || journal.is_some();
+        let mut state = RepoState {
+            exists,
+            index: index.unwrap_or_else(IndexJson::empty),
+            journal: 0,
+            journal_torn: false,
+        };
+        if let Some(bytes) = journal {
+            state.replay_journal(name, &bytes);
+        }
+        Ok(state)
+    }
+
+    /// Reads `index.json` (and its journal) and, the first time in this process, reconciles
+    /// the metadata store with the layout. The caller holds the repository's write lock.
+    pub(crate) async fn load_state(&self, name: &RepoName) -> Result<RepoState> {
+        let state = self.load_fresh(name).await?;
+        if state.journal > 0 || state.journal_torn {
+            self.journal_pending(name);
+        }
         if !self.reconciled.contains(name) {
             self.reconcile_repo(name, &state).await?;
             self.reconciled.insert(name);
@@ -167,11 +196,92 @@ impl Registry {
         Ok(())
     }
 
-    async fn write_index(&self, name: &RepoName, state: &RepoState) -> Result<()> {
+    /// Writes the whole `index.json` and then drops the journal, whose entries it now holds
+    /// (a crash in between replays them onto the new file, where they change nothing).
+    async fn write_index(&self, name: &RepoName, state: &mut RepoState) -> Result<()> {
         self.driver
             .put(&layout::index_json(name)?, state.index.to_bytes().into())
             .await?;
+        if state.journal > 0 || state.journal_torn {
+            self.driver.delete(&layout::index_journal(name)?).await?;
+            state.journal = 0;
+            state.journal_torn = false;
+        }
         Ok(())
+    }
+
+    /// Makes an entry just added to the cached index durable: appended to the journal (one
+    /// short fsynced write) when the repository is large, else by rewriting `index.json`.
+    async fn commit_addition(
+        &self,
+        name: &RepoName,
+        state: &mut RepoState,
+        entry: &Descriptor,
+    ) -> Result<()> {
+        let from = self.config.index_journal_from;
+        if from == 0
+            || state.index.manifests.len() < from
+            || state.journal >= JOURNAL_MAX
+            || state.journal_torn
+        {
+            return self.write_index(name, state).await;
+        }
+        let mut line =
+            serde_json::to_vec(entry).map_err(|e| StoreError::Internal(e.to_string()))?;
+        line.push(b'\n');
+        let mut writer = self.driver.append(&layout::index_journal(name)?).await?;
+        let written = match writer.write(&line).await {
+            Ok(()) => writer.close().await.map(|_| ()),
+            Err(e) => Err(e),
+        };
+        if let Err(e) = written {
+            // Part of the line may be on disk: the next change rewrites index.json instead.
+            state.journal_torn = true;
+            self.journal_pending(name);
+            return Err(e.into());
+        }
+        state.journal += 1;
+        self.journal_pending(name);
+        Ok(())
+    }
+
+    fn journal_pending(&self, name: &RepoName) {
+        self.journals
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(name.clone());
+    }
+
+    /// Folds every pending journal into its `index.json`, so that other tools reading the
+    /// layouts see every entry. Run about once a second while serving, and at shutdown.
+    /// Returns how many repositories were written.
+    pub async fn compact_journals(&self) -> Result<usize> {
+        let pending: Vec<RepoName> = self
+            .journals
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .drain()
+            .collect();
+        let mut written = 0;
+        for name in pending {
+            let compacted = self
+                .with_state(&name, async |reg, state| {
+                    if state.journal == 0 && !state.journal_torn {
+                        return Ok(false);
+                    }
+                    reg.write_index(&name, state).await.map(|()| true)
+                })
+                .await;
+            match compacted {
+                Ok(true) => written += 1,
+                Ok(false) => {}
+                Err(e) => {
+                    self.journal_pending(&name);
+                    return Err(e);
+                }
+            }
+        }
+        Ok(written)
     }
 
     /// True if the repository has a layout on disk.
@@ -334,13 +444,12 @@ impl Registry {
                     reg.driver.put(&path, body.clone()).await?;
                 }
             }
-            let before = state.index.manifests.len();
-            match reference {
+            let entry = match reference {
                 Reference::Tag(t) => state.index.set_tag(t, &desc),
                 Reference::Digest(_) => state.index.add(&desc),
-            }
-            if before != state.index.manifests.len() || matches!(reference, Reference::Tag(_)) {
-                reg.write_index(name, state).await?;
+            };
+            if let Some(entry) = entry {
+                reg.commit_addition(name, state, &entry).await?;
             }
             Ok(())
         })

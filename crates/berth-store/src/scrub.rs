@@ -254,22 +254,20 @@ impl Registry {
                 detail,
                 repaired: None,
             };
-        // The layout as it is on disk now (not the cached copy).
-        let index = match self.driver.get(&layout::index_json(name)?).await {
-            Ok(bytes) => match crate::index::IndexJson::from_slice(&bytes) {
-                Ok(ix) => ix,
-                Err(e) => {
-                    report.problems.push(problem(
-                        ProblemKind::IndexUnreadable,
-                        None,
-                        vec![],
-                        format!("index.json does not parse: {e}"),
-                    ));
-                    return Ok(());
-                }
-            },
-            Err(e) if e.is_not_found() => return Ok(()),
-            Err(e) => return Err(e.into()),
+        // The layout as it is on disk now (not the cached copy), its journal applied.
+        let index = match self.load_fresh(name).await {
+            Ok(state) if state.exists => state.index,
+            Ok(_) => return Ok(()),
+            Err(StoreError::Corrupt(e)) => {
+                report.problems.push(problem(
+                    ProblemKind::IndexUnreadable,
+                    None,
+                    vec![],
+                    format!("index.json does not parse: {e}"),
+                ));
+                return Ok(());
+            }
+            Err(e) => return Err(e),
         };
         let files: HashSet<Digest> = self.blob_files(name).await?.into_iter().collect();
         // Every blob file's bytes.

@@ -59,6 +59,14 @@ dedupe = true
 # fills to the point where cleanup cannot commit. "0" disables the check.
 min_free_space = "256MiB"
 
+# A repository whose index.json lists at least this many entries (tags and untagged manifests)
+# records each new tag in a small journal beside it (<repo>/_index.journal, one fsynced line)
+# instead of rewriting the whole index.json per push; the journal is folded into index.json
+# about once a second, on deletes and at shutdown, and replayed after a crash. Other tools
+# reading the layout directly may therefore miss the newest tags for about a second. "0"
+# always rewrites index.json.
+index_journal_from = 1000
+
 # Maintenance switch: pulls keep working, every write (push, delete) is refused with 405
 # UNSUPPORTED and a message saying the registry is read-only.
 read_only = false
@@ -222,6 +230,8 @@ pub struct StorageConfig {
     /// Below this many free bytes, new uploads and manifests are refused (0 disables).
     #[serde(with = "byte_size")]
     pub min_free_space: u64,
+    /// Repositories with at least this many index entries journal new tags (0: never).
+    pub index_journal_from: usize,
     /// Pulls work, every write is refused.
     pub read_only: bool,
 }
@@ -257,6 +267,7 @@ impl Default for StorageConfig {
             upload_timeout: Duration::from_secs(24 * 60 * 60),
             dedupe: true,
             min_free_space: 256 * 1024 * 1024,
+            index_journal_from: berth_store::DEFAULT_INDEX_JOURNAL_FROM,
             read_only: false,
         }
     }

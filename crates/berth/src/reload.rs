@@ -261,7 +261,7 @@ mod tests {
         let new = Config::from_toml_str(
             "listen = \"0.0.0.0:1\"\nroot = \"r\"\n\
              [storage]\ncommit = false\nupload_timeout = \"1h\"\ndedupe = false\n\
-             min_free_space = 0\nread_only = true\n\
+             min_free_space = 0\nread_only = true\nindex_journal_from = 5\n\
              [api]\nmax_manifest_size = \"1MiB\"\ndelete_enabled = false\n\
              detect_manifest_collision = true\nbody_idle_timeout = \"5s\"\n\
              shutdown_timeout = \"1s\"\n\

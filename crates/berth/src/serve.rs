@@ -171,6 +171,7 @@ async fn open_locked(config: &Config) -> Result<Arc<Registry>, ServeError> {
         upload_timeout: config.storage.upload_timeout,
         dedupe: config.storage.dedupe,
         min_free_space: config.storage.min_free_space,
+        index_journal_from: config.storage.index_journal_from,
     };
     let registry = Registry::open(Arc::new(driver), meta, store_config)
         .await
@@ -347,6 +348,7 @@ pub async fn start(config: Config) -> Result<Running, ServeError> {
         stop.subscribe(),
     );
     let stats = spawn_pull_stats(registry.clone(), stop.subscribe());
+    let journals = spawn_journal_compaction(registry.clone(), stop.subscribe());
     let background = spawn_reconcile(registry.clone());
     let passes = GcPasses::new(registry.clone(), metrics.clone());
     let schedule = spawn_schedule(
@@ -382,6 +384,7 @@ pub async fn start(config: Config) -> Result<Running, ServeError> {
     tracing::info!(%addr, metrics = ?metrics_addr, root = %config.root.display(), "berth is serving");
     let grace = config.api.shutdown_timeout;
     let mut stopping = stop.subscribe();
+    let registry_at_exit = registry.clone();
     let task = tokio::spawn(async move {
         let _lock = lock;
         let shutdown = async move {
@@ -417,6 +420,11 @@ pub async fn start(config: Config) -> Result<Running, ServeError> {
         }
         passes.idle().await;
         let _ = stats.await;
+        let _ = journals.await;
+        // Requests have finished: fold the last journal entries into index.json.
+        if let Err(e) = registry_at_exit.compact_journals().await {
+            tracing::warn!(error = %e, "folding index journals into index.json failed; they are replayed at the next start");
+        }
         tracing::info!("berth stopped");
         served
     });
@@ -695,6 +703,25 @@ fn spawn_pull_stats(registry: Arc<Registry>, mut stop: watch::Receiver<bool>) ->
             }
             if stopping {
                 return;
+            }
+        }
+    })
+}
+
+/// Folds index journals into their `index.json` about once a second, so other tools reading
+/// the layouts see new tags soon (the final fold runs after the last request, at shutdown).
+fn spawn_journal_compaction(
+    registry: Arc<Registry>,
+    mut stop: watch::Receiver<bool>,
+) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                _ = stop.wait_for(|s| *s) => return,
+            }
+            if let Err(e) = registry.compact_journals().await {
+                tracing::warn!(error = %e, "folding index journals into index.json failed; will retry");
             }
         }
     })

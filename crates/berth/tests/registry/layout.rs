@@ -273,3 +273,117 @@ async fn an_abandoned_upload_is_removed_after_the_upload_timeout() {
         session_dir.display()
     );
 }
+
+/// The tags `index.json` on disk names.
+fn disk_tags(root: &Path, repo: &str) -> Vec<String> {
+    let index = assert_layout(root, repo);
+    let mut tags: Vec<String> = index["manifests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|d| d["annotations"][REF_NAME].as_str().map(str::to_owned))
+        .collect();
+    tags.sort();
+    tags
+}
+
+async fn api_tags(reg: &TestRegistry, repo: &str) -> Vec<String> {
+    let r = reg.get(&format!("/v2/{repo}/tags/list")).await;
+    assert_eq!(r.status(), 200);
+    let body: Value = r.json().await.unwrap();
+    let mut tags: Vec<String> = serde_json::from_value(body["tags"].clone()).unwrap();
+    tags.sort();
+    tags
+}
+
+/// A large repository records new tags in `_index.journal` (one appended line) instead of
+/// rewriting `index.json` per push; the journal is folded into `index.json` within seconds and at
+/// shutdown, and a journal left by a crash (even one ending in a torn line) is replayed.
+#[tokio::test(flavor = "multi_thread")]
+async fn large_repositories_journal_new_tags_and_fold_them_into_index_json() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let repo = unique_repo("layout/journal");
+    let journal = root.join(&repo).join("_index.journal");
+    let mut reg = TestRegistry::start_at(root, |c| c.storage.index_journal_from = 3);
+    let image = reg.push_image(&repo, "t0", 1).await;
+    let mut journaled = 0;
+    for i in 1..8 {
+        let r = reg
+            .put_manifest(
+                &repo,
+                &format!("t{i}"),
+                media::OCI_MANIFEST,
+                &image.manifest,
+            )
+            .await;
+        assert_eq!(r.status(), 201);
+        // The background fold runs about once a second: it cannot empty the journal after
+        // every one of these pushes.
+        let lines = std::fs::read_to_string(&journal).unwrap_or_default();
+        if lines.contains(&format!("\"t{i}\"")) {
+            journaled += 1;
+        }
+    }
+    assert!(journaled > 0, "no tag push was journaled");
+    let all: Vec<String> = (0..8).map(|i| format!("t{i}")).collect();
+    assert_eq!(
+        api_tags(&reg, &repo).await,
+        all,
+        "every tag is served at once"
+    );
+    let r = reg.get(&format!("/v2/{repo}/manifests/t7")).await;
+    assert_eq!(r.status(), 200);
+
+    // Folded into index.json by the background pass (about once a second).
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while journal.exists() || disk_tags(root, &repo) != all {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the journal was never folded into index.json: on disk {:?}",
+            disk_tags(root, &repo)
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // A tag pushed right before shutdown is folded in at shutdown.
+    let r = reg
+        .put_manifest(&repo, "late", media::OCI_MANIFEST, &image.manifest)
+        .await;
+    assert_eq!(r.status(), 201);
+    reg.stop();
+    assert!(!journal.exists(), "shutdown folds the journal");
+    assert!(disk_tags(root, &repo).contains(&"late".to_owned()));
+
+    // A journal a crash left behind: one complete entry and a torn last line.
+    let entry = json!({
+        "mediaType": media::OCI_MANIFEST,
+        "digest": image.digest.to_string(),
+        "size": image.manifest.len(),
+        "annotations": { REF_NAME: "from-journal" },
+    });
+    std::fs::write(&journal, format!("{entry}\n{{\"mediaType\":\"appl")).unwrap();
+    let reg = TestRegistry::start_at(root, |c| c.storage.index_journal_from = 3);
+    let r = reg.get(&format!("/v2/{repo}/manifests/from-journal")).await;
+    assert_eq!(
+        r.status(),
+        200,
+        "a journal entry left by a crash is replayed"
+    );
+    assert_eq!(r.bytes().await.unwrap().as_ref(), image.manifest.as_slice());
+    assert!(api_tags(&reg, &repo)
+        .await
+        .contains(&"from-journal".to_owned()));
+
+    // A delete rewrites index.json at once, journal included.
+    let r = reg
+        .client
+        .delete(reg.url(&format!("/v2/{repo}/manifests/t1")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    assert!(!journal.exists(), "a delete folds the journal");
+    let tags = disk_tags(root, &repo);
+    assert!(tags.contains(&"from-journal".to_owned()) && !tags.contains(&"t1".to_owned()));
+}

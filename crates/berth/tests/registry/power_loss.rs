@@ -775,6 +775,9 @@ fn store_config(dedupe: bool) -> StoreConfig {
         upload_timeout: Duration::from_secs(3600),
         dedupe,
         min_free_space: 0,
+        // Journal every addition beyond the first entries, so crash points inside the
+        // journal's protocol are enumerated too.
+        index_journal_from: 2,
     }
 }
 
@@ -1415,6 +1418,13 @@ async fn enumerate(dedupe: bool) -> Summary {
     let mut failed = Vec::new();
     let mut checked = 0;
     let mut orphaned = Vec::new();
+    assert!(
+        outcomes.iter().any(|(_, o)| o
+            .crashed_at
+            .as_deref()
+            .is_some_and(|at| at.starts_with("append ") && at.ends_with("/_index.journal"))),
+        "no crash point inside the index journal's protocol: the scenario never journals"
+    );
     for (k, o) in &outcomes {
         let at = o.crashed_at.clone().unwrap_or_else(|| "(no crash)".into());
         if o.crashed_at.is_some() {
