@@ -9,14 +9,12 @@
 //! contents stream through `tokio::fs`.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Read, SeekFrom, Write};
+use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
-use tokio::io::{AsyncReadExt, AsyncSeekExt};
-use tokio_util::io::ReaderStream;
 
 use crate::path::is_valid_component;
 use crate::{
@@ -25,8 +23,10 @@ use crate::{
 
 /// Directory under the root holding temporary files.
 const TMP_DIR: &str = ".tmp";
-/// Chunk size of streams returned by `read_range`.
+/// Chunk size of streams returned by `read_range`: one blocking read per chunk.
 const READ_CHUNK: usize = 256 * 1024;
+/// A range up to this size is read in one blocking call (a small blob: one hop, not five).
+const READ_WHOLE: u64 = 1024 * 1024;
 /// Bytes an append writer buffers before writing them to the file.
 const WRITE_BUF: usize = 1024 * 1024;
 /// `put` writes its temporary file in chunks of this size, checking for cancellation in between.
@@ -153,21 +153,49 @@ impl Driver for LocalFs {
         len: Option<u64>,
     ) -> Result<ByteStream> {
         let full = self.inner.object_path(path)?;
-        let label = path.as_str();
-        let mut file = tokio::fs::File::open(&full)
-            .await
-            .map_err(|e| lookup_err(label, e))?;
-        let meta = file.metadata().await.map_err(|e| lookup_err(label, e))?;
-        if !meta.is_file() {
-            return Err(DriverError::NotFound(label.to_owned()));
-        }
-        if offset > 0 {
-            file.seek(SeekFrom::Start(offset))
-                .await
-                .map_err(|e| DriverError::io(label, e))?;
-        }
-        let reader = file.take(len.unwrap_or(u64::MAX));
-        Ok(Box::pin(ReaderStream::with_capacity(reader, READ_CHUNK)))
+        let label = path.as_str().to_owned();
+        let (file, size) = {
+            let label = label.clone();
+            run_blocking(&label.clone(), move || {
+                let file = File::open(&full).map_err(|e| lookup_err(&label, e))?;
+                let meta = file.metadata().map_err(|e| lookup_err(&label, e))?;
+                if !meta.is_file() {
+                    return Err(DriverError::NotFound(label));
+                }
+                Ok((Arc::new(file), meta.len()))
+            })
+            .await?
+        };
+        // The object as it is now: up to its current size.
+        let end = match len {
+            Some(len) => offset.saturating_add(len).min(size),
+            None => size,
+        };
+        let start = offset.min(end);
+        // One blocking call per chunk (the last megabyte, or a whole small blob, in one).
+        let chunks = futures_util::stream::try_unfold(start, move |pos| {
+            let file = Arc::clone(&file);
+            async move {
+                if pos >= end {
+                    return Ok(None);
+                }
+                let left = end - pos;
+                let want = if left <= READ_WHOLE {
+                    usize::try_from(left).unwrap_or(READ_CHUNK)
+                } else {
+                    READ_CHUNK
+                };
+                let chunk = tokio::task::spawn_blocking(move || read_at_most(&file, pos, want))
+                    .await
+                    .map_err(io::Error::other)??;
+                if chunk.is_empty() {
+                    return Ok(None); // the file shrank under us: end early
+                }
+                let next = pos + chunk.len() as u64;
+                Ok(Some((Bytes::from(chunk), next)))
+            }
+        });
+        Ok(Box::pin(chunks))
     }
 
     async fn stat(&self, path: &DriverPath) -> Result<ObjectMeta> {
@@ -582,6 +610,23 @@ impl DriverWriter for LocalWriter {
         }
         Ok(this.committed)
     }
+}
+
+/// Reads up to `want` bytes at `pos` (fewer only at the end of the file).
+fn read_at_most(file: &File, pos: u64, want: usize) -> io::Result<Vec<u8>> {
+    use std::os::unix::fs::FileExt;
+    let mut buf = vec![0u8; want];
+    let mut done = 0;
+    while done < want {
+        match file.read_at(&mut buf[done..], pos + done as u64) {
+            Ok(0) => break,
+            Ok(n) => done += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    buf.truncate(done);
+    Ok(buf)
 }
 
 /// Writes all of `data`, returning how many bytes were written even when it fails midway.

@@ -288,15 +288,28 @@ async fn read_range_streams_in_bounded_chunks() {
     let dir = tempfile::tempdir().unwrap();
     let fs = LocalFs::new(dir.path(), false).unwrap();
     let path = p("obj");
-    fs.put(&path, Bytes::from(vec![9u8; 3 * READ_CHUNK + 1]))
+    let whole = READ_WHOLE as usize;
+    fs.put(&path, Bytes::from(vec![9u8; 2 * whole + 1]))
         .await
         .unwrap();
-    let mut stream = fs.read_range(&path, 1, None).await.unwrap();
-    let mut total = 0;
-    while let Some(chunk) = futures_util::StreamExt::next(&mut stream).await {
-        let chunk = chunk.unwrap();
-        assert!(chunk.len() <= READ_CHUNK);
-        total += chunk.len();
-    }
-    assert_eq!(total, 3 * READ_CHUNK);
+    let chunks = |offset, len| {
+        let fs = fs.clone();
+        let path = path.clone();
+        async move {
+            let mut stream = fs.read_range(&path, offset, len).await.unwrap();
+            let mut sizes = Vec::new();
+            while let Some(chunk) = futures_util::StreamExt::next(&mut stream).await {
+                sizes.push(chunk.unwrap().len());
+            }
+            sizes
+        }
+    };
+    // A large range: bounded chunks, the last megabyte in one read.
+    let sizes = chunks(1, None).await;
+    assert_eq!(sizes.iter().sum::<usize>(), 2 * whole);
+    assert!(sizes.iter().all(|n| *n <= whole), "{sizes:?}");
+    assert_eq!(sizes[0], READ_CHUNK);
+    assert_eq!(*sizes.last().unwrap(), whole);
+    // A small range (a small blob): one read.
+    assert_eq!(chunks(5, Some(whole as u64 - 1)).await, [whole - 1]);
 }
