@@ -185,7 +185,11 @@ impl Driver for LocalFs {
                 } else {
                     READ_CHUNK
                 };
-                let chunk = tokio::task::spawn_blocking(move || read_at_most(&file, pos, want))
+                // Allocated here, on a runtime thread, not on a blocking-pool thread: the
+                // allocator keeps an arena per thread that ever allocated, and the pool has
+                // many threads.
+                let buf = vec![0u8; want];
+                let chunk = tokio::task::spawn_blocking(move || read_at_most(&file, pos, buf))
                     .await
                     .map_err(io::Error::other)??;
                 if chunk.is_empty() {
@@ -612,10 +616,10 @@ impl DriverWriter for LocalWriter {
     }
 }
 
-/// Reads up to `want` bytes at `pos` (fewer only at the end of the file).
-fn read_at_most(file: &File, pos: u64, want: usize) -> io::Result<Vec<u8>> {
+/// Fills `buf` from `pos` (less only at the end of the file) and returns what was read.
+fn read_at_most(file: &File, pos: u64, mut buf: Vec<u8>) -> io::Result<Vec<u8>> {
     use std::os::unix::fs::FileExt;
-    let mut buf = vec![0u8; want];
+    let want = buf.len();
     let mut done = 0;
     while done < want {
         match file.read_at(&mut buf[done..], pos + done as u64) {
