@@ -1,4 +1,5 @@
-//! End to end with real clients: skopeo, docker and oras-py run as subprocesses against a berth
+//! End to end with real clients: skopeo, docker, containerd (`ctr`) and oras-py run as
+//! subprocesses against a berth
 //! server on 127.0.0.1 (plain HTTP); skopeo and umoci read a repository's stored OCI Image
 //! Layout directly.
 //!
@@ -670,6 +671,143 @@ fn docker_pushes_and_pulls_an_imported_image() {
         repo_digests.contains(&format!("{}/{repo}@{digest}", reg.host)),
         "{repo_digests:?} lacks {digest}"
     );
+}
+
+// ---------------------------------------------------------------------------------------------
+// containerd
+
+/// The containerd socket to use: `$CONTAINERD_ADDRESS`, containerd's own, or the one the docker
+/// engine runs.
+fn containerd_socket() -> Option<String> {
+    let candidates = [
+        std::env::var("CONTAINERD_ADDRESS").unwrap_or_default(),
+        "/run/containerd/containerd.sock".to_owned(),
+        "/var/run/docker/containerd/containerd.sock".to_owned(),
+    ];
+    candidates
+        .into_iter()
+        .find(|c| !c.is_empty() && Path::new(c).exists())
+}
+
+/// Removes image references from a containerd namespace when dropped, pass or fail.
+struct CtrImages {
+    socket: String,
+    namespace: String,
+    refs: Vec<String>,
+}
+
+impl Drop for CtrImages {
+    fn drop(&mut self) {
+        let mut args = vec![
+            "60",
+            "ctr",
+            "--address",
+            &self.socket,
+            "-n",
+            &self.namespace,
+        ];
+        args.extend(["images", "rm", "--sync"]);
+        args.extend(self.refs.iter().map(String::as_str));
+        let _ = Command::new("timeout")
+            .args(&args)
+            .stdin(std::process::Stdio::null())
+            .output();
+        // Then the namespace (`--sync` waited for containerd to collect its content).
+        let _ = Command::new("timeout")
+            .args(["60", "ctr", "--address", &self.socket])
+            .args(["namespaces", "rm", &self.namespace])
+            .stdin(std::process::Stdio::null())
+            .output();
+    }
+}
+
+/// containerd's own resolver and fetcher (`ctr`, through the daemon's content store) pull an
+/// image from berth and push it back under a new name.
+#[tokio::test(flavor = "multi_thread")]
+async fn containerd_pulls_and_pushes_an_image() {
+    let test = "containerd_pulls_and_pushes_an_image";
+    if skip_without(test, &["ctr"]) {
+        return;
+    }
+    let Some(socket) = containerd_socket() else {
+        eprintln!("\n*** SKIPPED: no containerd socket found ({test}) ***\n");
+        return;
+    };
+    let namespace = format!("berth-test-{:08x}", rand_u32());
+    let version = run_raw(&["ctr", "--address", &socket, "-n", &namespace, "version"]);
+    if !version.status.success() {
+        eprintln!(
+            "\n*** SKIPPED: containerd at {socket} unreachable ({test}): {} ***\n",
+            String::from_utf8_lossy(&version.stderr).trim()
+        );
+        return;
+    }
+    let reg = TestRegistry::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let (layout, img) = single_image(tmp.path().join("layout"), "v1");
+    let manifest: Value = serde_json::from_slice(&img.manifest).unwrap();
+    let repo = unique_repo("containerd");
+    for d in [&manifest["config"], &manifest["layers"][0]] {
+        let blob = read_blob(&layout.dir, d["digest"].as_str().unwrap());
+        reg.push_blob(&repo, &blob).await;
+    }
+    let r = reg
+        .put_manifest(&repo, "v1", media::OCI_MANIFEST, &img.manifest)
+        .await;
+    assert_eq!(r.status(), 201);
+
+    let source = format!("{}/{repo}:v1", reg.host);
+    let copy_repo = unique_repo("containerd-copy");
+    let copy = format!("{}/{copy_repo}:v2", reg.host);
+    let _cleanup = CtrImages {
+        socket: socket.clone(),
+        namespace: namespace.clone(),
+        refs: vec![source.clone(), copy.clone()],
+    };
+    let ctr = |args: &[&str]| {
+        let mut all = vec![
+            "ctr",
+            "--address",
+            socket.as_str(),
+            "-n",
+            namespace.as_str(),
+        ];
+        all.extend_from_slice(args);
+        run(&all)
+    };
+
+    ctr(&["images", "pull", "--plain-http", &source]);
+    let listed = String::from_utf8(ctr(&["images", "ls"])).unwrap();
+    eprintln!("{listed}");
+    let line = listed
+        .lines()
+        .find(|l| l.starts_with(&source))
+        .unwrap_or_else(|| panic!("{source} not listed after the pull:\n{listed}"));
+    assert!(
+        line.contains(&img.digest.to_string()),
+        "containerd holds another digest than the pushed manifest's {}: {line}",
+        img.digest
+    );
+
+    ctr(&["images", "tag", &source, &copy]);
+    ctr(&["images", "push", "--plain-http", &copy]);
+    let r = reg
+        .client
+        .get(reg.url(&format!("/v2/{copy_repo}/manifests/v2")))
+        .header("accept", media::OCI_MANIFEST)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "the image containerd pushed is served");
+    assert_eq!(
+        r.headers()["docker-content-digest"].to_str().unwrap(),
+        img.digest.to_string()
+    );
+    assert_eq!(r.bytes().await.unwrap().as_ref(), img.manifest.as_slice());
+    let layer = manifest["layers"][0]["digest"].as_str().unwrap();
+    let r = reg.get(&format!("/v2/{copy_repo}/blobs/{layer}")).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.bytes().await.unwrap().as_ref(), img.layer.as_slice());
 }
 
 fn rand_u32() -> u32 {
