@@ -1,5 +1,5 @@
-//! End to end with real clients: skopeo, docker, containerd (`ctr`) and oras-py run as
-//! subprocesses against a berth
+//! End to end with real clients: skopeo, docker, podman, buildah, containerd (`ctr`) and oras-py
+//! run as subprocesses against a berth
 //! server on 127.0.0.1 (plain HTTP); skopeo and umoci read a repository's stored OCI Image
 //! Layout directly.
 //!
@@ -671,6 +671,159 @@ fn docker_pushes_and_pulls_an_imported_image() {
         repo_digests.contains(&format!("{}/{repo}@{digest}", reg.host)),
         "{repo_digests:?} lacks {digest}"
     );
+}
+
+// ---------------------------------------------------------------------------------------------
+// podman and buildah
+
+/// `tool` (podman or buildah) on a private storage root under `dir` (vfs: no mounts), so a test
+/// neither sees nor leaves anything in the machine's own image store.
+fn libpod(tool: &'static str, dir: &Path) -> impl Fn(&[&str]) -> Output {
+    let storage = dir.join("storage").to_str().unwrap().to_owned();
+    let runroot = dir.join("run").to_str().unwrap().to_owned();
+    move |args: &[&str]| {
+        let mut all = vec![tool, "--root", &storage, "--runroot", &runroot];
+        all.extend(["--storage-driver", "vfs"]);
+        all.extend_from_slice(args);
+        run_raw(&all)
+    }
+}
+
+fn ok(out: Output, what: &str) -> String {
+    assert!(
+        out.status.success(),
+        "{what} failed ({}):\nstdout: {}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
+
+/// Pushes `reference` with `tool`, checks that berth stores the digest the client reported, then
+/// removes the local image, pulls it back and checks it is the same image.
+async fn push_rmi_pull(
+    tool: &str,
+    cmd: &dyn Fn(&[&str]) -> Output,
+    reg: &TestRegistry,
+    reference: &str,
+    repo: &str,
+    tag: &str,
+    dir: &Path,
+) {
+    let image_id = || ok(cmd(&["images", "-q", "--no-trunc", reference]), "images");
+    let id = image_id();
+    assert!(id.starts_with("sha256:"), "{tool} image id {id:?}");
+    let digest_file = dir.join("digest");
+    let digest_file = path_str(&digest_file);
+    ok(
+        cmd(&[
+            "push",
+            "--tls-verify=false",
+            "--digestfile",
+            digest_file,
+            reference,
+        ]),
+        &format!("{tool} push"),
+    );
+    let digest = std::fs::read_to_string(digest_file).unwrap();
+    let r = reg.get(&format!("/v2/{repo}/manifests/{tag}")).await;
+    assert_eq!(r.status(), 200, "{tool} pushed {reference}");
+    assert_eq!(
+        r.headers()["docker-content-digest"].to_str().unwrap(),
+        digest.trim(),
+        "berth stores the manifest {tool} reported"
+    );
+    ok(cmd(&["rmi", reference]), &format!("{tool} rmi"));
+    // Gone: podman lists nothing, buildah says "image not known".
+    let after = cmd(&["images", "-q", "--no-trunc", reference]);
+    assert!(
+        !after.status.success() || after.stdout.trim_ascii().is_empty(),
+        "{reference} still present after rmi"
+    );
+    ok(
+        cmd(&["pull", "--tls-verify=false", reference]),
+        &format!("{tool} pull"),
+    );
+    assert_eq!(image_id(), id, "{tool} pulled back the image it pushed");
+}
+
+/// Skips loudly when `tool` cannot set up its private store here.
+fn libpod_unusable(test: &str, tool: &str, cmd: &dyn Fn(&[&str]) -> Output) -> bool {
+    let info = cmd(&["info"]);
+    if info.status.success() {
+        return false;
+    }
+    eprintln!(
+        "\n*** SKIPPED: {tool} cannot run here ({test}): {} ***\n",
+        String::from_utf8_lossy(&info.stderr).trim()
+    );
+    true
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn podman_pushes_and_pulls_an_imported_image() {
+    let test = "podman_pushes_and_pulls_an_imported_image";
+    if skip_without(test, &["podman"]) {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let podman = libpod("podman", tmp.path());
+    if libpod_unusable(test, "podman", &podman) {
+        return;
+    }
+    let reg = TestRegistry::start();
+    let tar = tmp.path().join("rootfs.tar");
+    std::fs::write(
+        &tar,
+        ustar(&[("hello.txt", b"hello from podman via berth\n")]),
+    )
+    .unwrap();
+    let repo = unique_repo("podman");
+    let reference = format!("{}/{repo}:v1", reg.host);
+    ok(
+        podman(&["import", path_str(&tar), &reference]),
+        "podman import",
+    );
+    push_rmi_pull("podman", &podman, &reg, &reference, &repo, "v1", tmp.path()).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn buildah_builds_pushes_and_pulls_an_image() {
+    let test = "buildah_builds_pushes_and_pulls_an_image";
+    if skip_without(test, &["buildah"]) {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let buildah = libpod("buildah", tmp.path());
+    if libpod_unusable(test, "buildah", &buildah) {
+        return;
+    }
+    let reg = TestRegistry::start();
+    let file = tmp.path().join("hello.txt");
+    std::fs::write(&file, "hello from buildah via berth\n").unwrap();
+    let container = ok(buildah(&["from", "scratch"]), "buildah from scratch");
+    ok(
+        buildah(&["copy", &container, path_str(&file), "/hello.txt"]),
+        "buildah copy",
+    );
+    let repo = unique_repo("buildah");
+    let reference = format!("{}/{repo}:v1", reg.host);
+    ok(
+        buildah(&["commit", &container, &reference]),
+        "buildah commit",
+    );
+    ok(buildah(&["rm", &container]), "buildah rm");
+    push_rmi_pull(
+        "buildah",
+        &buildah,
+        &reg,
+        &reference,
+        &repo,
+        "v1",
+        tmp.path(),
+    )
+    .await;
 }
 
 // ---------------------------------------------------------------------------------------------
