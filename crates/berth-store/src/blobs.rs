@@ -42,6 +42,10 @@ impl Registry {
 
     /// Links `digest` into `name` from `source`: records the link, then makes the file.
     /// The caller holds the digest's stripe when `source` is `Cas`.
+    ///
+    /// Links take the repository's lock shared once its layout exists, so concurrent uploads
+    /// into one repository publish in parallel; what must not interleave with a link (a blob
+    /// DELETE, garbage collection, a manifest PUT checking its references) takes it exclusively.
     pub(crate) async fn link_into(
         &self,
         name: &RepoName,
@@ -49,39 +53,56 @@ impl Registry {
         size: u64,
         source: Source,
     ) -> Result<()> {
-        let target = layout::blob(name, digest)?;
+        {
+            let guard = self.read_state(name).await?;
+            if guard.as_ref().is_some_and(|s| s.exists) {
+                return self.link_locked(name, digest, size, &source).await;
+            }
+        }
         self.with_state(name, async |reg, state| {
             reg.ensure_layout(name, state).await?;
-            let (n, d) = (name.clone(), digest.clone());
-            let now = book::now();
-            reg.meta_write(Durability::Durable, move |tx| {
-                book::link(tx, &n, &d, size, now)
-            })
-            .await?;
-            if let Source::ToCas(from) = &source {
-                let cas = layout::cas_blob(digest)?;
-                if reg.exists(&cas).await? {
-                    reg.driver.delete(from).await?;
-                } else {
-                    reg.driver.rename(from, &cas).await?;
-                }
-            }
-            if reg.exists(&target).await? {
-                if let Source::Move(from) = &source {
-                    reg.driver.delete(from).await?;
-                }
-                return Ok(());
-            }
-            match &source {
-                Source::Cas | Source::ToCas(_) => {
-                    reg.hard_link(&layout::cas_blob(digest)?, &target).await
-                }
-                Source::Move(from) => Ok(reg.driver.rename(from, &target).await?),
-                Source::Repo(from) if reg.dedupe => reg.hard_link(from, &target).await,
-                Source::Repo(from) => reg.copy_file(from, &target).await,
-            }
+            reg.link_locked(name, digest, size, &source).await
         })
         .await
+    }
+
+    /// [`Registry::link_into`] once the caller holds the repository's lock (either way).
+    async fn link_locked(
+        &self,
+        name: &RepoName,
+        digest: &Digest,
+        size: u64,
+        source: &Source,
+    ) -> Result<()> {
+        let target = layout::blob(name, digest)?;
+        let (n, d) = (name.clone(), digest.clone());
+        let now = book::now();
+        self.meta_write(Durability::Durable, move |tx| {
+            book::link(tx, &n, &d, size, now)
+        })
+        .await?;
+        if let Source::ToCas(from) = source {
+            let cas = layout::cas_blob(digest)?;
+            if self.exists(&cas).await? {
+                self.driver.delete(from).await?;
+            } else {
+                self.driver.rename(from, &cas).await?;
+            }
+        }
+        if self.exists(&target).await? {
+            if let Source::Move(from) = source {
+                self.driver.delete(from).await?;
+            }
+            return Ok(());
+        }
+        match source {
+            Source::Cas | Source::ToCas(_) => {
+                self.hard_link(&layout::cas_blob(digest)?, &target).await
+            }
+            Source::Move(from) => Ok(self.driver.rename(from, &target).await?),
+            Source::Repo(from) if self.dedupe => self.hard_link(from, &target).await,
+            Source::Repo(from) => self.copy_file(from, &target).await,
+        }
     }
 
     async fn hard_link(&self, from: &DriverPath, to: &DriverPath) -> Result<()> {
