@@ -94,9 +94,7 @@ pub struct Registry {
     config: StoreConfig,
     /// Whether blobs are hard links into `_cas` (the setting, and the driver can link).
     dedupe: bool,
-    /// Repositories whose state a request has loaded (`index.json` parsed, lookups built), and
-    /// whether one used it since the last [`Registry::evict_idle`].
-    repos: Mutex<HashMap<RepoName, (Arc<repo::RepoCell>, bool)>>,
+    repos: Mutex<HashMap<RepoName, Arc<repo::RepoCell>>>,
     uploads: upload::Sessions,
     /// Striped per-digest locks serialising a digest's entry into and removal from `_cas`.
     stripes: Vec<tokio::sync::Mutex<()>>,
@@ -308,33 +306,6 @@ impl Registry {
             .repos
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let slot = repos.entry(name.clone()).or_default();
-        slot.1 = true;
-        slot.0.clone()
-    }
-
-    /// Forgets the cached state of every repository that no request has used since the previous
-    /// call and that nobody holds now (its next use reads `index.json` and the journal again), so
-    /// memory follows the repositories in use rather than every one ever touched. Returns how
-    /// many were dropped. Run periodically by the server.
-    pub fn evict_idle(&self) -> usize {
-        let mut repos = self
-            .repos
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let before = repos.len();
-        repos.retain(|_, (cell, used)| {
-            // Only the map holds an idle cell: no request waits on or reads its lock.
-            std::mem::take(used) || Arc::strong_count(cell) > 1
-        });
-        before - repos.len()
-    }
-
-    /// Repositories whose state is cached in memory now.
-    pub fn loaded_repositories(&self) -> usize {
-        self.repos
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .len()
+        repos.entry(name.clone()).or_default().clone()
     }
 }
