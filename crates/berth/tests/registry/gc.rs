@@ -15,9 +15,10 @@ use std::time::{Duration, Instant};
 use berth_store::gc::{GcKind, GcOptions, GcReport};
 use berth_store::retention::{glob, tag_pattern, KeepRule, Policy, Retention};
 use berth_testkit::berth_oci::{media, Digest};
-use berth_testkit::reqwest::Response;
-use berth_testkit::{descriptor, random_bytes, TestImage, TestRegistry};
+use berth_testkit::{descriptor, random_bytes, TestRegistry};
 use serde_json::{json, Value};
+
+use crate::images::*;
 
 const HOUR: Duration = Duration::from_secs(3600);
 const ZERO: Duration = Duration::ZERO;
@@ -130,192 +131,6 @@ fn blob_path(root: &Path, repo: &str, d: &Digest) -> PathBuf {
         .join(d.hex())
 }
 
-/// A manifest or artifact as a client pushes it: its blobs, then its bytes.
-#[derive(Clone)]
-struct Img {
-    media_type: &'static str,
-    manifest: Vec<u8>,
-    digest: Digest,
-    blobs: Vec<Vec<u8>>,
-}
-
-fn nonce() -> String {
-    hex(&random_bytes(8))
-}
-
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
-}
-
-impl Img {
-    fn from_json(media_type: &'static str, m: &Value, blobs: Vec<Vec<u8>>) -> Img {
-        let manifest = serde_json::to_vec(m).unwrap();
-        Img {
-            media_type,
-            digest: Digest::sha256(&manifest),
-            manifest,
-            blobs,
-        }
-    }
-
-    /// A random OCI image (config + `layers` layers).
-    fn oci(layers: usize) -> Img {
-        let t = TestImage::random(layers);
-        let mut blobs = vec![t.config.clone()];
-        blobs.extend(t.layers.iter().cloned());
-        Img {
-            media_type: media::OCI_MANIFEST,
-            digest: t.digest.clone(),
-            manifest: t.manifest,
-            blobs,
-        }
-    }
-
-    /// An OCI image whose layers are `layers` (shared with other images) and a random config.
-    fn oci_with(layers: &[Vec<u8>]) -> Img {
-        let t = TestImage::from_parts(
-            format!(r#"{{"os":"linux","nonce":"{}"}}"#, nonce()).into_bytes(),
-            layers.to_vec(),
-            None,
-        );
-        let mut blobs = vec![t.config.clone()];
-        blobs.extend(t.layers.iter().cloned());
-        Img {
-            media_type: media::OCI_MANIFEST,
-            digest: t.digest.clone(),
-            manifest: t.manifest,
-            blobs,
-        }
-    }
-
-    /// An artifact whose `subject` is `subject` (a referrer), or a plain artifact without one.
-    fn artifact(subject: Option<&Img>, artifact_type: &str) -> Img {
-        let config = br#"{}"#.to_vec();
-        let payload = format!("payload {}", nonce()).into_bytes();
-        let mut m = json!({
-            "schemaVersion": 2,
-            "mediaType": media::OCI_MANIFEST,
-            "artifactType": artifact_type,
-            "config": descriptor(media::OCI_EMPTY, &config),
-            "layers": [descriptor("application/octet-stream", &payload)],
-        });
-        if let Some(s) = subject {
-            m["subject"] = s.descriptor();
-        }
-        Img::from_json(media::OCI_MANIFEST, &m, vec![config, payload])
-    }
-
-    /// A Docker schema 2 image.
-    fn docker() -> Img {
-        let config = format!(
-            r#"{{"architecture":"amd64","os":"linux","nonce":"{}"}}"#,
-            nonce()
-        )
-        .into_bytes();
-        let layer = random_bytes(1500);
-        let m = json!({
-            "schemaVersion": 2,
-            "mediaType": media::DOCKER_MANIFEST,
-            "config": descriptor("application/vnd.docker.container.image.v1+json", &config),
-            "layers": [descriptor("application/vnd.docker.image.rootfs.diff.tar.gzip", &layer)],
-        });
-        Img::from_json(media::DOCKER_MANIFEST, &m, vec![config, layer])
-    }
-
-    /// An index (OCI index or Docker manifest list) of `children`.
-    fn index(media_type: &'static str, children: &[&Img]) -> Img {
-        let m = json!({
-            "schemaVersion": 2,
-            "mediaType": media_type,
-            "manifests": children.iter().enumerate().map(|(i, c)| {
-                let mut d = c.descriptor();
-                d["platform"] = json!({"architecture": format!("arch{i}"), "os": "linux"});
-                d
-            }).collect::<Vec<_>>(),
-        });
-        Img::from_json(media_type, &m, Vec::new())
-    }
-
-    fn descriptor(&self) -> Value {
-        descriptor(self.media_type, &self.manifest)
-    }
-
-    fn blob_digests(&self) -> Vec<Digest> {
-        self.blobs.iter().map(|b| Digest::sha256(b)).collect()
-    }
-
-    /// `sha256-<hex>`: the referrers tag schema's name for this manifest.
-    fn schema_tag(&self) -> String {
-        format!("sha256-{}", self.digest.hex())
-    }
-}
-
-async fn put(reg: &TestRegistry, repo: &str, reference: &str, img: &Img) -> Response {
-    reg.put_manifest(repo, reference, img.media_type, &img.manifest)
-        .await
-}
-
-/// Pushes `img`'s blobs and then its manifest under `tag` (by digest when `None`).
-async fn push(reg: &TestRegistry, repo: &str, tag: Option<&str>, img: &Img) {
-    for b in &img.blobs {
-        reg.push_blob(repo, b).await;
-    }
-    let reference = tag.map_or_else(|| img.digest.to_string(), str::to_owned);
-    let r = put(reg, repo, &reference, img).await;
-    assert_eq!(
-        r.status(),
-        201,
-        "PUT {repo}:{reference}: {}",
-        r.text().await.unwrap()
-    );
-}
-
-async fn status(reg: &TestRegistry, path: &str) -> u16 {
-    reg.get(path).await.status().as_u16()
-}
-
-async fn head(reg: &TestRegistry, path: &str) -> u16 {
-    reg.client
-        .head(reg.url(path))
-        .send()
-        .await
-        .unwrap()
-        .status()
-        .as_u16()
-}
-
-async fn delete(reg: &TestRegistry, path: &str) -> u16 {
-    reg.client
-        .delete(reg.url(path))
-        .send()
-        .await
-        .unwrap()
-        .status()
-        .as_u16()
-}
-
-async fn assert_blob_pulls(reg: &TestRegistry, repo: &str, bytes: &[u8]) {
-    let d = Digest::sha256(bytes);
-    let r = reg.get(&format!("/v2/{repo}/blobs/{d}")).await;
-    assert_eq!(r.status(), 200, "blob {repo}@{d}");
-    assert_eq!(r.bytes().await.unwrap().as_ref(), bytes, "blob {repo}@{d}");
-}
-
-/// The manifest pulls byte-identical by `reference` and by digest, and so does every blob.
-async fn assert_pulls(reg: &TestRegistry, repo: &str, reference: &str, img: &Img) {
-    for r in [reference.to_owned(), img.digest.to_string()] {
-        let resp = reg.get(&format!("/v2/{repo}/manifests/{r}")).await;
-        assert_eq!(resp.status(), 200, "manifest {repo}:{r}");
-        assert_eq!(
-            resp.bytes().await.unwrap().as_ref(),
-            img.manifest.as_slice()
-        );
-    }
-    for b in &img.blobs {
-        assert_blob_pulls(reg, repo, b).await;
-    }
-}
-
 async fn assert_manifest_gone(reg: &TestRegistry, repo: &str, img: &Img) {
     assert_eq!(
         status(reg, &format!("/v2/{repo}/manifests/{}", img.digest)).await,
@@ -415,7 +230,7 @@ async fn a_blob_shared_with_another_repository_stays_there() {
     let shared = random_bytes(4000);
     let d = reg.push_blob("a", &shared).await;
     // "b" references the same bytes from an image.
-    let img = Img::oci_with(std::slice::from_ref(&shared));
+    let img = Img::with_shared(std::slice::from_ref(&shared), 0);
     push(&reg, "b", Some("v1"), &img).await;
 
     let r = gc(&reg, &opts(ZERO, ZERO)).await;

@@ -16,8 +16,10 @@ use berth_store::gc::{GcKind, GcOptions, GcPoint, GcReport};
 use berth_store::retention::Retention;
 use berth_testkit::berth_oci::{media, Digest, RepoName};
 use berth_testkit::reqwest::Response;
-use berth_testkit::{descriptor, random_bytes, TestImage, TestRegistry};
+use berth_testkit::{random_bytes, TestRegistry};
 use serde_json::{json, Value};
+
+use crate::images::*;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
@@ -97,152 +99,6 @@ impl Paused {
         let report = self.pass.await.unwrap();
         reg.registry.set_gc_hook(None);
         report
-    }
-}
-
-#[derive(Clone)]
-struct Img {
-    media_type: &'static str,
-    manifest: Vec<u8>,
-    digest: Digest,
-    blobs: Vec<Vec<u8>>,
-}
-
-impl Img {
-    fn from_json(media_type: &'static str, m: &Value, blobs: Vec<Vec<u8>>) -> Img {
-        let manifest = serde_json::to_vec(m).unwrap();
-        Img {
-            media_type,
-            digest: Digest::sha256(&manifest),
-            manifest,
-            blobs,
-        }
-    }
-
-    fn from_test_image(t: TestImage) -> Img {
-        let mut blobs = vec![t.config.clone()];
-        blobs.extend(t.layers.iter().cloned());
-        Img {
-            media_type: media::OCI_MANIFEST,
-            digest: t.digest.clone(),
-            manifest: t.manifest,
-            blobs,
-        }
-    }
-
-    fn oci(layers: usize) -> Img {
-        Img::from_test_image(TestImage::random(layers))
-    }
-
-    /// An image with a random config and layer plus `shared` layers.
-    fn with_shared(shared: &[Vec<u8>], own: usize) -> Img {
-        let config = format!(r#"{{"os":"linux","nonce":"{}"}}"#, hex(&random_bytes(8)));
-        let mut layers: Vec<Vec<u8>> = (0..own).map(|i| random_bytes(1000 + 300 * i)).collect();
-        layers.extend(shared.iter().cloned());
-        Img::from_test_image(TestImage::from_parts(config.into_bytes(), layers, None))
-    }
-
-    fn referrer(subject: &Img) -> Img {
-        let config = br#"{}"#.to_vec();
-        let payload = random_bytes(300);
-        let m = json!({
-            "schemaVersion": 2,
-            "mediaType": media::OCI_MANIFEST,
-            "artifactType": "application/spdx+json",
-            "config": descriptor(media::OCI_EMPTY, &config),
-            "layers": [descriptor("application/octet-stream", &payload)],
-            "subject": subject.descriptor(),
-        });
-        Img::from_json(media::OCI_MANIFEST, &m, vec![config, payload])
-    }
-
-    fn index(children: &[&Img]) -> Img {
-        let m = json!({
-            "schemaVersion": 2,
-            "mediaType": media::OCI_INDEX,
-            "manifests": children.iter().map(|c| c.descriptor()).collect::<Vec<_>>(),
-        });
-        Img::from_json(media::OCI_INDEX, &m, Vec::new())
-    }
-
-    fn descriptor(&self) -> Value {
-        descriptor(self.media_type, &self.manifest)
-    }
-
-    fn blob_digests(&self) -> Vec<Digest> {
-        self.blobs.iter().map(|b| Digest::sha256(b)).collect()
-    }
-}
-
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
-}
-
-async fn put(reg: &TestRegistry, repo: &str, reference: &str, img: &Img) -> Response {
-    reg.put_manifest(repo, reference, img.media_type, &img.manifest)
-        .await
-}
-
-async fn push_blobs(reg: &TestRegistry, repo: &str, img: &Img) {
-    for b in &img.blobs {
-        reg.push_blob(repo, b).await;
-    }
-}
-
-async fn push(reg: &TestRegistry, repo: &str, tag: Option<&str>, img: &Img) {
-    push_blobs(reg, repo, img).await;
-    let reference = tag.map_or_else(|| img.digest.to_string(), str::to_owned);
-    let r = put(reg, repo, &reference, img).await;
-    assert_eq!(
-        r.status(),
-        201,
-        "PUT {repo}:{reference}: {}",
-        r.text().await.unwrap()
-    );
-}
-
-async fn status(reg: &TestRegistry, path: &str) -> u16 {
-    reg.get(path).await.status().as_u16()
-}
-
-async fn head(reg: &TestRegistry, path: &str) -> u16 {
-    reg.client
-        .head(reg.url(path))
-        .send()
-        .await
-        .unwrap()
-        .status()
-        .as_u16()
-}
-
-async fn delete(reg: &TestRegistry, path: &str) -> u16 {
-    reg.client
-        .delete(reg.url(path))
-        .send()
-        .await
-        .unwrap()
-        .status()
-        .as_u16()
-}
-
-async fn assert_blob_pulls(reg: &TestRegistry, repo: &str, bytes: &[u8]) {
-    let d = Digest::sha256(bytes);
-    let r = reg.get(&format!("/v2/{repo}/blobs/{d}")).await;
-    assert_eq!(r.status(), 200, "blob {repo}@{d}");
-    assert_eq!(r.bytes().await.unwrap().as_ref(), bytes, "blob {repo}@{d}");
-}
-
-async fn assert_pulls(reg: &TestRegistry, repo: &str, reference: &str, img: &Img) {
-    for r in [reference.to_owned(), img.digest.to_string()] {
-        let resp = reg.get(&format!("/v2/{repo}/manifests/{r}")).await;
-        assert_eq!(resp.status(), 200, "manifest {repo}:{r}");
-        assert_eq!(
-            resp.bytes().await.unwrap().as_ref(),
-            img.manifest.as_slice()
-        );
-    }
-    for b in &img.blobs {
-        assert_blob_pulls(reg, repo, b).await;
     }
 }
 
@@ -495,7 +351,7 @@ async fn tagging_a_planned_index_keeps_its_children() {
     let (c1, c2) = (Img::oci(1), Img::oci(1));
     push(&reg, "app", None, &c1).await;
     push(&reg, "app", None, &c2).await;
-    let ix = Img::index(&[&c1, &c2]);
+    let ix = Img::index(media::OCI_INDEX, &[&c1, &c2]);
     push(&reg, "app", None, &ix).await;
     let paused = Paused::at(
         &reg,
@@ -518,7 +374,7 @@ async fn tagging_a_planned_subject_keeps_its_referrers() {
     let reg = TestRegistry::start();
     let subject = Img::oci(1);
     push(&reg, "app", None, &subject).await;
-    let sbom = Img::referrer(&subject);
+    let sbom = Img::artifact(Some(&subject), "application/spdx+json");
     push(&reg, "app", None, &sbom).await;
     let paused = Paused::at(
         &reg,
@@ -545,7 +401,7 @@ async fn tagging_a_planned_subject_keeps_its_referrers() {
 async fn pushing_the_subject_of_a_planned_referrer_keeps_it() {
     let reg = TestRegistry::start();
     let subject = Img::oci(1);
-    let sbom = Img::referrer(&subject);
+    let sbom = Img::artifact(Some(&subject), "application/spdx+json");
     push(&reg, "app", None, &sbom).await;
     let paused = Paused::at(
         &reg,

@@ -11,6 +11,7 @@ mod errors;
 mod gc;
 mod gc_cli;
 mod gc_race;
+mod images;
 mod layout;
 mod limits;
 mod management;
