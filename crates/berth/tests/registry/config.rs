@@ -1,24 +1,8 @@
 //! The `berth config` commands and `--help`, run through the real binary.
 
 use std::io::Write;
-use std::process::{Command, Output};
 
-fn berth(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_berth"))
-        .args(args)
-        .env_remove("BERTH_CONFIG")
-        .env("RUST_LOG", "off")
-        .output()
-        .expect("run berth")
-}
-
-fn stdout(output: &Output) -> String {
-    String::from_utf8_lossy(&output.stdout).into_owned()
-}
-
-fn stderr(output: &Output) -> String {
-    String::from_utf8_lossy(&output.stderr).into_owned()
-}
+use crate::cli::{berth, stderr, stdout};
 
 /// Writes `text` to a temporary `.toml` file that lives as long as the returned handle.
 fn config_file(text: &str) -> tempfile::NamedTempFile {

@@ -6,7 +6,7 @@
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 use std::time::{Duration, Instant};
 
 use berth::config::{Config, DEFAULT_TEMPLATE};
@@ -14,22 +14,7 @@ use berth_testkit::berth_oci::Digest;
 use berth_testkit::{random_bytes, TestRegistry};
 use serde_json::Value;
 
-fn berth(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_berth"))
-        .args(args)
-        .env_remove("BERTH_CONFIG")
-        .env("RUST_LOG", "warn")
-        .output()
-        .expect("run berth")
-}
-
-fn stdout(output: &Output) -> String {
-    String::from_utf8_lossy(&output.stdout).into_owned()
-}
-
-fn stderr(output: &Output) -> String {
-    String::from_utf8_lossy(&output.stderr).into_owned()
-}
+use crate::cli::{berth, stderr, stdout};
 
 /// Runs `berth gc` with `args`, expecting success.
 fn gc_ok(args: &[&str]) -> Output {

@@ -2,6 +2,7 @@
 //! each module drives the real server over HTTP on 127.0.0.1, or the `berth` binary.
 //! `large.rs` stays its own binary because it measures the process's peak RSS.
 
+mod cli;
 mod clients;
 mod config;
 mod crash;

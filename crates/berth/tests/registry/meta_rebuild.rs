@@ -1,16 +1,9 @@
 //! `berth meta rebuild`: rebuilds the metadata store from the layouts, offline, and refuses while
 //! a server owns the root.
 
-use std::process::Command;
-
 use berth_testkit::{unique_repo, TestRegistry};
 
-fn berth(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_berth"))
-        .args(args)
-        .output()
-        .unwrap()
-}
+use crate::cli::berth;
 
 #[tokio::test(flavor = "multi_thread")]
 async fn rebuild_refuses_while_a_server_owns_the_root() {

@@ -8,13 +8,15 @@
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use berth_testkit::berth_oci::Digest;
 use berth_testkit::{random_bytes, unique_repo, TestRegistry};
 use serde_json::Value;
+
+use crate::cli::berth as berth_cli;
 
 const BIN: &str = env!("CARGO_BIN_EXE_berth");
 
@@ -208,15 +210,6 @@ fn write_config(dir: &Path, root: &Path, extra: &str) -> PathBuf {
     )
     .unwrap();
     path
-}
-
-fn berth_cli(args: &[&str]) -> Output {
-    Command::new(BIN)
-        .args(args)
-        .env_remove("BERTH_CONFIG")
-        .env("RUST_LOG", "warn")
-        .output()
-        .expect("run berth")
 }
 
 /// One HTTP/1.1 connection kept open across requests.

@@ -7,29 +7,14 @@
 //! another, from which repair relinks.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 use std::time::{Duration, Instant};
 
 use berth_testkit::berth_oci::{media, Digest};
 use berth_testkit::{TestImage, TestRegistry};
 use serde_json::Value;
 
-fn berth(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_berth"))
-        .args(args)
-        .env_remove("BERTH_CONFIG")
-        .env("RUST_LOG", "warn")
-        .output()
-        .expect("run berth")
-}
-
-fn stdout(output: &Output) -> String {
-    String::from_utf8_lossy(&output.stdout).into_owned()
-}
-
-fn stderr(output: &Output) -> String {
-    String::from_utf8_lossy(&output.stderr).into_owned()
-}
+use crate::cli::{berth, stderr, stdout};
 
 /// Runs `berth scrub` with `args`, expecting exit status `code`.
 fn scrub(args: &[&str], code: i32) -> Output {
