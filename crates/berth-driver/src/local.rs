@@ -28,7 +28,7 @@ const READ_CHUNK: usize = 256 * 1024;
 /// A range up to this size is read in one blocking call (a small blob: one hop, not five).
 const READ_WHOLE: u64 = 1024 * 1024;
 /// Bytes an append writer buffers before writing them to the file.
-const WRITE_BUF: usize = 1024 * 1024;
+const WRITE_BUF: usize = 512 * 1024;
 /// `put` writes its temporary file in chunks of this size, checking for cancellation in between.
 const PUT_CHUNK: usize = 1024 * 1024;
 
@@ -207,7 +207,7 @@ impl Driver for LocalFs {
         self.blocking(path.as_str(), move |fs| fs.stat(&p)).await
     }
 
-    /// The writer buffers up to 1 MiB: bytes become visible at `path` when the buffer fills and
+    /// The writer buffers up to 512 KiB: bytes become visible at `path` when the buffer fills and
     /// on `close`. Dropping the writer without `close` discards the buffered bytes. When a write
     /// to the file fails, the buffered bytes are dropped and `size()` falls back to the bytes
     /// actually in the file (which can be less than before the failed call).
