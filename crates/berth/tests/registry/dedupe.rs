@@ -16,6 +16,8 @@ use berth_testkit::reqwest;
 use berth_testkit::{random_bytes, unique_repo, TestImage, TestRegistry};
 use serde_json::{json, Value};
 
+use crate::images::delete;
+
 const MIB: usize = 1 << 20;
 const REF_NAME: &str = "org.opencontainers.image.ref.name";
 /// How long background work (the start-up dedupe pass) may take before a test gives up.
@@ -145,16 +147,6 @@ async fn catalog(reg: &TestRegistry) -> Vec<String> {
         .iter()
         .map(|r| r.as_str().unwrap().to_owned())
         .collect()
-}
-
-async fn delete(reg: &TestRegistry, path: &str) -> u16 {
-    reg.client
-        .delete(reg.url(path))
-        .send()
-        .await
-        .unwrap()
-        .status()
-        .as_u16()
 }
 
 async fn head_blob(reg: &TestRegistry, repo: &str, digest: &Digest) -> reqwest::Response {
