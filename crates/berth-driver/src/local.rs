@@ -129,7 +129,7 @@ impl Driver for LocalFs {
         let cancel = CancelOnDrop::default();
         let flag = Arc::clone(&cancel.0);
         let result = self
-            .blocking(path.as_str(), move |fs| fs.put(&p, &data, &flag))
+            .blocking(path.as_str(), move |fs| fs.put(&p, &data, &flag, true))
             .await;
         drop(cancel);
         result
@@ -137,7 +137,8 @@ impl Driver for LocalFs {
 
     async fn put_scratch(&self, path: &DriverPath, data: Bytes) -> Result<()> {
         let p = path.clone();
-        self.blocking(path.as_str(), move |fs| fs.put_scratch(&p, &data))
+        let never = AtomicBool::new(false);
+        self.blocking(path.as_str(), move |fs| fs.put(&p, &data, &never, false))
             .await
     }
 
@@ -154,18 +155,15 @@ impl Driver for LocalFs {
     ) -> Result<ByteStream> {
         let full = self.inner.object_path(path)?;
         let label = path.as_str().to_owned();
-        let (file, size) = {
-            let label = label.clone();
-            run_blocking(&label.clone(), move || {
-                let file = File::open(&full).map_err(|e| lookup_err(&label, e))?;
-                let meta = file.metadata().map_err(|e| lookup_err(&label, e))?;
-                if !meta.is_file() {
-                    return Err(DriverError::NotFound(label));
-                }
-                Ok((Arc::new(file), meta.len()))
-            })
-            .await?
-        };
+        let (file, size) = run_blocking(path.as_str(), move || {
+            let file = File::open(&full).map_err(|e| lookup_err(&label, e))?;
+            let meta = file.metadata().map_err(|e| lookup_err(&label, e))?;
+            if !meta.is_file() {
+                return Err(DriverError::NotFound(label));
+            }
+            Ok((Arc::new(file), meta.len()))
+        })
+        .await?;
         // The object as it is now: up to its current size.
         let end = match len {
             Some(len) => offset.saturating_add(len).min(size),
@@ -336,14 +334,22 @@ impl Inner {
         Ok(Bytes::from(buf))
     }
 
-    fn put(&self, path: &DriverPath, data: &[u8], cancelled: &AtomicBool) -> Result<()> {
+    /// Write-to-temp and rename; with `durable` (and syncing) the file, its name and any
+    /// directory created are fsynced, without it nothing is (`put_scratch`).
+    fn put(
+        &self,
+        path: &DriverPath,
+        data: &[u8],
+        cancelled: &AtomicBool,
+        durable: bool,
+    ) -> Result<()> {
         let label = path.as_str();
         let target = self.object_path(path)?;
         let io_err = |e| DriverError::io(label, e);
         if cancelled.load(Ordering::Relaxed) {
             return Err(cancelled_err(label));
         }
-        self.create_parents(path)?;
+        self.create_parents_with(path, durable)?;
         let tmp = TempFile::create(&self.tmp).map_err(io_err)?;
         for chunk in data.chunks(PUT_CHUNK) {
             if cancelled.load(Ordering::Relaxed) {
@@ -351,24 +357,17 @@ impl Inner {
             }
             (&tmp.file).write_all(chunk).map_err(io_err)?;
         }
-        if self.sync {
+        if self.sync && durable {
             tmp.file.sync_all().map_err(io_err)?;
         }
         if cancelled.load(Ordering::Relaxed) {
             return Err(cancelled_err(label));
         }
         tmp.persist(&target).map_err(io_err)?;
-        self.sync_parent(&target, label)
-    }
-
-    fn put_scratch(&self, path: &DriverPath, data: &[u8]) -> Result<()> {
-        let label = path.as_str();
-        let target = self.object_path(path)?;
-        let io_err = |e| DriverError::io(label, e);
-        self.create_parents_with(path, false)?;
-        let tmp = TempFile::create(&self.tmp).map_err(io_err)?;
-        (&tmp.file).write_all(data).map_err(io_err)?;
-        tmp.persist(&target).map_err(io_err)
+        if durable {
+            self.sync_parent(&target, label)?;
+        }
+        Ok(())
     }
 
     /// fsyncs the object, then every directory from its parent up to the root.

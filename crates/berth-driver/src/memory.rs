@@ -112,6 +112,23 @@ impl MemDriver {
         }
     }
 
+    /// `put` (`durable`) or `put_scratch`: a new inode named `path`, synced and durably named,
+    /// or neither (and then a durable object it replaces is lost in a power cut too).
+    fn create(&self, path: &DriverPath, data: Bytes, durable: bool) -> Result<()> {
+        let p = object(path)?;
+        let mut st = self.lock();
+        st.check_creatable(p)?;
+        let synced = if durable { data.clone() } else { Bytes::new() };
+        let ino = st.new_inode(data.to_vec(), synced);
+        st.set_name(p, ino);
+        if durable {
+            st.durable.insert(p.to_owned(), ino);
+        } else {
+            st.durable.remove(p);
+        }
+        Ok(())
+    }
+
     /// Every object's path in the visible state, sorted.
     pub fn paths(&self) -> Vec<String> {
         self.lock().names.keys().cloned().collect()
@@ -262,25 +279,13 @@ impl Driver for MemDriver {
 
     /// Durable on return: the new inode's bytes and the name are synced.
     async fn put(&self, path: &DriverPath, data: Bytes) -> Result<()> {
-        let p = object(path)?;
-        let mut st = self.lock();
-        st.check_creatable(p)?;
-        let ino = st.new_inode(data.to_vec(), data);
-        st.set_name(p, ino);
-        st.durable.insert(p.to_owned(), ino);
-        Ok(())
+        self.create(path, data, true)
     }
 
     /// Visible at once, durable never (until [`Driver::persist`]): a power cut loses the object,
     /// and a durable object it replaced.
     async fn put_scratch(&self, path: &DriverPath, data: Bytes) -> Result<()> {
-        let p = object(path)?;
-        let mut st = self.lock();
-        st.check_creatable(p)?;
-        let ino = st.new_inode(data.to_vec(), Bytes::new());
-        st.durable.remove(p);
-        st.set_name(p, ino);
-        Ok(())
+        self.create(path, data, false)
     }
 
     async fn persist(&self, path: &DriverPath) -> Result<()> {

@@ -185,7 +185,10 @@ fn cancelled_put_writes_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let fs = LocalFs::new(dir.path(), true).unwrap();
     let cancelled = AtomicBool::new(true);
-    let err = fs.inner.put(&p("a/b"), &[1, 2, 3], &cancelled).unwrap_err();
+    let err = fs
+        .inner
+        .put(&p("a/b"), &[1, 2, 3], &cancelled, true)
+        .unwrap_err();
     assert!(matches!(err, DriverError::Io { .. }), "{err:?}");
     assert!(tmp_entries(&fs).is_empty());
     assert!(!dir.path().join("a").exists());

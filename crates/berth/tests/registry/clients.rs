@@ -73,10 +73,14 @@ fn run_raw(args: &[&str]) -> Output {
 
 /// Runs `args` under `timeout`, panics with its output unless it succeeds, returns its stdout.
 fn run(args: &[&str]) -> Vec<u8> {
-    let out = run_raw(args);
+    succeeded(run_raw(args), &format!("{args:?}"))
+}
+
+/// `out`'s stdout; panics with its output unless the command (`what`) succeeded.
+fn succeeded(out: Output, what: &str) -> Vec<u8> {
     assert!(
         out.status.success(),
-        "{args:?} failed ({}):\nstdout: {}\nstderr: {}",
+        "{what} failed ({}):\nstdout: {}\nstderr: {}",
         out.status,
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
@@ -689,15 +693,12 @@ fn libpod(tool: &'static str, dir: &Path) -> impl Fn(&[&str]) -> Output {
     }
 }
 
+/// [`succeeded`], as trimmed text.
 fn ok(out: Output, what: &str) -> String {
-    assert!(
-        out.status.success(),
-        "{what} failed ({}):\nstdout: {}\nstderr: {}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+    String::from_utf8(succeeded(out, what))
+        .unwrap()
+        .trim()
+        .to_owned()
 }
 
 /// Pushes `reference` with `tool`, checks that berth stores the digest the client reported, then
