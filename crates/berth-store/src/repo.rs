@@ -254,7 +254,8 @@ impl Registry {
 
     /// Folds every pending journal into its `index.json`, so that other tools reading the
     /// layouts see every entry. Run about once a second while serving, and at shutdown.
-    /// Returns how many repositories were written.
+    /// Returns how many repositories were written; a repository that fails stays pending (the
+    /// others are still folded) and the first failure is returned.
     pub async fn compact_journals(&self) -> Result<usize> {
         let pending: Vec<RepoName> = self
             .journals
@@ -263,6 +264,7 @@ impl Registry {
             .drain()
             .collect();
         let mut written = 0;
+        let mut failure = None;
         for name in pending {
             let compacted = self
                 .with_state(&name, async |reg, state| {
@@ -277,11 +279,14 @@ impl Registry {
                 Ok(false) => {}
                 Err(e) => {
                     self.journal_pending(&name);
-                    return Err(e);
+                    failure.get_or_insert(e);
                 }
             }
         }
-        Ok(written)
+        match failure {
+            Some(e) => Err(e),
+            None => Ok(written),
+        }
     }
 
     /// True if the repository has a layout on disk.
