@@ -26,6 +26,7 @@ pub async fn run_all(driver: &dyn Driver) {
     read_range_bounds(driver).await;
     stat_reports_size(driver).await;
     append_continues_at_end(driver).await;
+    scratch_append_and_move(driver).await;
     list_is_sorted(driver).await;
     list_missing_dir_is_empty(driver).await;
     rename_replaces(driver).await;
@@ -310,6 +311,34 @@ pub async fn append_continues_at_end(driver: &dyn Driver) {
     let w = driver.append(&empty).await.unwrap();
     assert_eq!(w.close().await.unwrap(), 0);
     assert_eq!(driver.stat(&empty).await.unwrap().size, 0);
+    cleanup(driver, &base).await;
+}
+
+/// `append_scratch` and `rename_from_scratch` read like `append` and `rename` (only what a
+/// crash keeps differs): a new file and its parents appear, a second writer continues at the
+/// end, and the move replaces its target and creates its parents.
+pub async fn scratch_append_and_move(driver: &dyn Driver) {
+    let base = scratch("scratch-append");
+    let path = at(&base, "session/data");
+    let mut w = driver.append_scratch(&path).await.unwrap();
+    assert_eq!(w.size(), 0);
+    w.write(b"abc").await.unwrap();
+    assert_eq!(w.close().await.unwrap(), 3);
+    let mut w = driver.append_scratch(&path).await.unwrap();
+    assert_eq!(w.size(), 3);
+    w.write(b"def").await.unwrap();
+    assert_eq!(w.close().await.unwrap(), 6);
+    assert_eq!(driver.get(&path).await.unwrap(), &b"abcdef"[..]);
+
+    let to = at(&base, "published/deep/blob");
+    driver.put(&to, pattern(100, 9)).await.unwrap();
+    driver.rename_from_scratch(&path, &to).await.unwrap();
+    assert_eq!(driver.get(&to).await.unwrap(), &b"abcdef"[..]);
+    assert_not_found(driver.stat(&path).await, "stat moved-away scratch file");
+    assert_not_found(
+        driver.rename_from_scratch(&path, &to).await,
+        "move a missing scratch file",
+    );
     cleanup(driver, &base).await;
 }
 

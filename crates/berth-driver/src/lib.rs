@@ -111,7 +111,9 @@ pub trait Driver: Send + Sync + 'static {
     async fn put_scratch(&self, path: &DriverPath, data: Bytes) -> Result<()>;
 
     /// Makes the object at `path` durable: its bytes, its name and the names of the directories
-    /// above it. `NotFound` if there is no object at `path`.
+    /// above it. Syncing those directories also makes every name in them durable (a file
+    /// [`Driver::append_scratch`] created next to it, say). `NotFound` if there is no object at
+    /// `path`.
     async fn persist(&self, path: &DriverPath) -> Result<()>;
 
     /// Streams `len` bytes (all remaining when `None`) of the object starting at `offset`.
@@ -133,6 +135,13 @@ pub trait Driver: Send + Sync + 'static {
     /// publish with [`Driver::rename`] or [`Driver::put`]).
     async fn append(&self, path: &DriverPath) -> Result<Box<dyn DriverWriter>>;
 
+    /// Like [`Driver::append`], for files in a scratch area: a file (or directory) this creates
+    /// gets no durable name of its own. [`DriverWriter::close`] still makes the bytes durable; the
+    /// name becomes durable when a later [`Driver::persist`] in the same directory syncs it, or
+    /// under its new name when the file is moved out. Saves the directory sync of an upload
+    /// whose bytes are published by a move right after.
+    async fn append_scratch(&self, path: &DriverPath) -> Result<Box<dyn DriverWriter>>;
+
     /// Names of the immediate children (objects and directories) of the directory `path`, sorted
     /// byte-wise. An empty list when the directory does not exist.
     async fn list(&self, path: &DriverPath) -> Result<Vec<String>>;
@@ -141,6 +150,11 @@ pub trait Driver: Send + Sync + 'static {
     /// parent directories. When the driver syncs, the move is durable when this returns.
     /// `NotFound` if `from` does not exist.
     async fn rename(&self, from: &DriverPath, to: &DriverPath) -> Result<()>;
+
+    /// Like [`Driver::rename`], but only the new name is made durable: after a crash the old
+    /// name may come back as a second name of the same bytes. For moving a file out of a scratch
+    /// area that nothing trusts after a restart (it is removed when the registry opens).
+    async fn rename_from_scratch(&self, from: &DriverPath, to: &DriverPath) -> Result<()>;
 
     /// Removes the object at `path`. Idempotent: removing a missing object succeeds. Empty parent
     /// directories may be left behind.

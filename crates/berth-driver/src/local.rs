@@ -3,7 +3,8 @@
 //! Layout: object `a/b/c` is the file `<root>/a/b/c`. Temporary files live in `<root>/.tmp/`,
 //! which no [`DriverPath`] can name. Replacement is write-to-temp, fsync, rename; when `sync` is
 //! on, every change of a directory entry is followed by an fsync of that directory, except
-//! `put_scratch` and `delete_all` (scratch areas: see their contracts).
+//! `put_scratch`, `append_scratch`, `delete_all` and the old name of `rename_from_scratch`
+//! (scratch areas: see their contracts).
 //!
 //! Blocking filesystem calls run on tokio's blocking pool (`spawn_blocking`); reads of object
 //! contents stream through `tokio::fs`.
@@ -95,6 +96,26 @@ impl LocalFs {
     /// The root directory.
     pub fn root(&self) -> &Path {
         &self.inner.root
+    }
+
+    /// An append writer; when it creates the file, its name is fsynced only if `durable_name`.
+    async fn open_writer(
+        &self,
+        path: &DriverPath,
+        durable_name: bool,
+    ) -> Result<Box<dyn DriverWriter>> {
+        let p = path.clone();
+        let (file, size) = self
+            .blocking(path.as_str(), move |fs| fs.open_append(&p, durable_name))
+            .await?;
+        Ok(Box::new(LocalWriter {
+            file: Arc::new(file),
+            buf: Vec::new(),
+            committed: size,
+            sync: self.inner.sync,
+            label: path.as_str().to_owned(),
+            interrupted: false,
+        }))
     }
 
     /// Runs `f` on the blocking pool.
@@ -210,18 +231,12 @@ impl Driver for LocalFs {
     /// to the file fails, the buffered bytes are dropped and `size()` falls back to the bytes
     /// actually in the file (which can be less than before the failed call).
     async fn append(&self, path: &DriverPath) -> Result<Box<dyn DriverWriter>> {
-        let p = path.clone();
-        let (file, size) = self
-            .blocking(path.as_str(), move |fs| fs.open_append(&p))
-            .await?;
-        Ok(Box::new(LocalWriter {
-            file: Arc::new(file),
-            buf: Vec::new(),
-            committed: size,
-            sync: self.inner.sync,
-            label: path.as_str().to_owned(),
-            interrupted: false,
-        }))
+        self.open_writer(path, true).await
+    }
+
+    /// Like `append`, without the directory fsyncs when it creates the file.
+    async fn append_scratch(&self, path: &DriverPath) -> Result<Box<dyn DriverWriter>> {
+        self.open_writer(path, false).await
     }
 
     async fn list(&self, path: &DriverPath) -> Result<Vec<String>> {
@@ -231,7 +246,13 @@ impl Driver for LocalFs {
 
     async fn rename(&self, from: &DriverPath, to: &DriverPath) -> Result<()> {
         let (f, t) = (from.clone(), to.clone());
-        self.blocking(from.as_str(), move |fs| fs.rename(&f, &t))
+        self.blocking(from.as_str(), move |fs| fs.rename(&f, &t, true))
+            .await
+    }
+
+    async fn rename_from_scratch(&self, from: &DriverPath, to: &DriverPath) -> Result<()> {
+        let (f, t) = (from.clone(), to.clone());
+        self.blocking(from.as_str(), move |fs| fs.rename(&f, &t, false))
             .await
     }
 
@@ -410,16 +431,20 @@ impl Inner {
         })
     }
 
-    fn open_append(&self, path: &DriverPath) -> Result<(File, u64)> {
+    /// Opens `path` for appending, creating it (and its parents) when missing; the new names
+    /// are fsynced only when `durable_name`.
+    fn open_append(&self, path: &DriverPath, durable_name: bool) -> Result<(File, u64)> {
         let label = path.as_str();
         let full = self.object_path(path)?;
         let open = |create| OpenOptions::new().append(true).create(create).open(&full);
         let file = match open(false) {
             Ok(file) => file,
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                self.create_parents(path)?;
+                self.create_parents_with(path, durable_name)?;
                 let file = open(true).map_err(|e| DriverError::io(label, e))?;
-                self.sync_parent(&full, label)?;
+                if durable_name {
+                    self.sync_parent(&full, label)?;
+                }
                 file
             }
             Err(e) => return Err(DriverError::io(label, e)),
@@ -449,7 +474,9 @@ impl Inner {
         Ok(names)
     }
 
-    fn rename(&self, from: &DriverPath, to: &DriverPath) -> Result<()> {
+    /// Moves `from` to `to`; fsyncs the new name's directory, and the old name's too when
+    /// `sync_source` (else the old name may come back after a crash).
+    fn rename(&self, from: &DriverPath, to: &DriverPath, sync_source: bool) -> Result<()> {
         let src = self.object_path(from)?;
         let dst = self.object_path(to)?;
         let meta = fs::metadata(&src).map_err(|e| lookup_err(from.as_str(), e))?;
@@ -462,7 +489,7 @@ impl Inner {
             _ => DriverError::io(format!("{from} -> {to}"), e),
         })?;
         self.sync_parent(&dst, to.as_str())?;
-        if src.parent() != dst.parent() {
+        if sync_source && src.parent() != dst.parent() {
             self.sync_parent(&src, from.as_str())?;
         }
         Ok(())

@@ -13,11 +13,15 @@
 //!
 //! Per the [`Driver`] contracts, `put`, `rename`, `link` and `delete` are durable when they
 //! return: they change both states. `put_scratch` changes only the visible state until
-//! `persist`; `delete_all` changes only the visible state (a power cut brings the tree back). An append writer's bytes are visible as they are
-//! written and become durable only at [`DriverWriter::close`] (the fsync); a file the writer
-//! created gets a durable name only then, too. So after a power cut an unsynced append is gone,
-//! and a file renamed or linked before its writer closed comes back with its last synced bytes
-//! (empty if it never was), as on a real filesystem.
+//! `persist`; `delete_all` changes only the visible state (a power cut brings the tree back);
+//! `rename_from_scratch` makes the new name durable but not the old name's removal. `persist`
+//! models the fsync of every directory above the object: all names directly in them become
+//! durable as they are visible. An append writer's bytes are visible as they are written and
+//! become durable only at [`DriverWriter::close`] (the fsync); a file an `append` writer created
+//! gets a durable name only then, too (an `append_scratch` writer's never: only a `persist` in
+//! its directory or a move gives it one). So after a power cut an unsynced append is gone, and a
+//! file renamed or linked before its writer closed comes back with its last synced bytes (empty
+//! if it never was), as on a real filesystem.
 //!
 //! Directories are implicit: a directory exists while an object lies below it, so deleting the
 //! last object below a directory removes it (`LocalFs` may leave empty directories behind; the
@@ -129,6 +133,36 @@ impl MemDriver {
         Ok(())
     }
 
+    /// An append writer; a file it creates gets a durable name at close only if `durable_name`.
+    fn open_writer(&self, path: &DriverPath, durable_name: bool) -> Result<Box<dyn DriverWriter>> {
+        let p = object(path)?;
+        let mut st = self.lock();
+        let ino = match st.names.get(p) {
+            Some(ino) => *ino,
+            None => {
+                st.check_creatable(p)?;
+                let ino = st.new_inode(Vec::new(), Bytes::new());
+                st.set_name(p, ino);
+                ino
+            }
+        };
+        let size = match st.inodes.get_mut(&ino) {
+            Some(inode) => {
+                inode.writers += 1;
+                inode.data.len() as u64
+            }
+            None => return Err(io_err(p, io::ErrorKind::Other, "dangling inode")),
+        };
+        Ok(Box::new(MemWriter {
+            driver: self.clone(),
+            path: p.to_owned(),
+            ino,
+            size,
+            open: true,
+            durable_name,
+        }))
+    }
+
     /// Every object's path in the visible state, sorted.
     pub fn paths(&self) -> Vec<String> {
         self.lock().names.keys().cloned().collect()
@@ -227,9 +261,41 @@ impl State {
     /// Removes the visible name `path` (and its durable name).
     fn remove_name(&mut self, path: &str) {
         self.durable.remove(path);
+        self.remove_visible_name(path);
+    }
+
+    /// Removes the visible name `path`; a durable name stays (a power cut brings it back).
+    fn remove_visible_name(&mut self, path: &str) {
         if let Some(old) = self.names.remove(path) {
             self.release(old);
         }
+    }
+
+    /// The fsync of directory `dir` ("" for the root): the names directly in it become durable
+    /// as they are visible now (the bytes of the files they name do not change).
+    fn sync_dir(&mut self, dir: &str) {
+        let prefix = if dir.is_empty() {
+            String::new()
+        } else {
+            format!("{dir}/")
+        };
+        let direct = |k: &String| k.starts_with(&prefix) && !k[prefix.len()..].contains('/');
+        let stale: Vec<String> = self
+            .durable
+            .keys()
+            .filter(|k| direct(k) && !self.names.contains_key(*k))
+            .cloned()
+            .collect();
+        for k in stale {
+            self.durable.remove(&k);
+        }
+        let visible: Vec<(String, u64)> = self
+            .names
+            .iter()
+            .filter(|(k, _)| direct(k))
+            .map(|(k, v)| (k.clone(), *v))
+            .collect();
+        self.durable.extend(visible);
     }
 
     /// Drops one visible name of `ino`, freeing the inode when nothing refers to it any more.
@@ -288,6 +354,7 @@ impl Driver for MemDriver {
         self.create(path, data, false)
     }
 
+    /// Syncs the object's bytes, then every directory above it (see [`State::sync_dir`]).
     async fn persist(&self, path: &DriverPath) -> Result<()> {
         let p = object(path)?;
         let mut st = self.lock();
@@ -295,7 +362,12 @@ impl Driver for MemDriver {
         if let Some(inode) = st.inodes.get_mut(&ino) {
             inode.synced = Bytes::copy_from_slice(&inode.data);
         }
-        st.durable.insert(p.to_owned(), ino);
+        let mut dir = p;
+        while let Some((parent, _)) = dir.rsplit_once('/') {
+            st.sync_dir(parent);
+            dir = parent;
+        }
+        st.sync_dir("");
         Ok(())
     }
 
@@ -342,31 +414,13 @@ impl Driver for MemDriver {
     /// A file the writer creates has no durable name until the writer closes; the bytes written
     /// are durable only when it closes.
     async fn append(&self, path: &DriverPath) -> Result<Box<dyn DriverWriter>> {
-        let p = object(path)?;
-        let mut st = self.lock();
-        let ino = match st.names.get(p) {
-            Some(ino) => *ino,
-            None => {
-                st.check_creatable(p)?;
-                let ino = st.new_inode(Vec::new(), Bytes::new());
-                st.set_name(p, ino);
-                ino
-            }
-        };
-        let size = match st.inodes.get_mut(&ino) {
-            Some(inode) => {
-                inode.writers += 1;
-                inode.data.len() as u64
-            }
-            None => return Err(io_err(p, io::ErrorKind::Other, "dangling inode")),
-        };
-        Ok(Box::new(MemWriter {
-            driver: self.clone(),
-            path: p.to_owned(),
-            ino,
-            size,
-            open: true,
-        }))
+        self.open_writer(path, true)
+    }
+
+    /// Like `append`, but closing the writer syncs only the bytes: the name of a file it
+    /// created becomes durable through `persist` of a sibling, or under a new name by a move.
+    async fn append_scratch(&self, path: &DriverPath) -> Result<Box<dyn DriverWriter>> {
+        self.open_writer(path, false)
     }
 
     async fn list(&self, path: &DriverPath) -> Result<Vec<String>> {
@@ -397,6 +451,22 @@ impl Driver for MemDriver {
         // Take a reference first so the inode survives losing its old name.
         st.set_name(t, ino);
         st.remove_name(f);
+        st.durable.insert(t.to_owned(), ino);
+        Ok(())
+    }
+
+    /// Like `rename`, but the old name's removal is not durable: a power cut brings it back,
+    /// naming the same inode as the new name.
+    async fn rename_from_scratch(&self, from: &DriverPath, to: &DriverPath) -> Result<()> {
+        let (f, t) = (object(from)?, object(to)?);
+        let mut st = self.lock();
+        let ino = st.lookup(f)?;
+        if f == t {
+            return Ok(());
+        }
+        st.check_creatable(t)?;
+        st.set_name(t, ino);
+        st.remove_visible_name(f);
         st.durable.insert(t.to_owned(), ino);
         Ok(())
     }
@@ -467,6 +537,8 @@ struct MemWriter {
     size: u64,
     /// False once closed (the inode's writer count was released).
     open: bool,
+    /// Closing makes the writer's name durable (`append`), or only its bytes (`append_scratch`).
+    durable_name: bool,
 }
 
 #[async_trait::async_trait]
@@ -503,7 +575,7 @@ impl DriverWriter for MemWriter {
             inode.writers = inode.writers.saturating_sub(1);
         }
         self.open = false;
-        if st.names.get(&self.path) == Some(&self.ino) {
+        if self.durable_name && st.names.get(&self.path) == Some(&self.ino) {
             st.durable.insert(self.path.clone(), self.ino);
         }
         st.maybe_free(self.ino);
@@ -604,6 +676,67 @@ mod tests {
         d.persist(&p("s/info")).await.unwrap();
         assert_eq!(d.power_cut().get(&p("s/info")).await.unwrap(), &b"i"[..]);
         assert!(d.persist(&p("s/missing")).await.unwrap_err().is_not_found());
+    }
+
+    #[tokio::test]
+    async fn a_scratch_append_is_named_durably_by_persisting_a_sibling() {
+        let d = MemDriver::new();
+        let mut w = d.append_scratch(&p("s/data")).await.unwrap();
+        w.write(b"abc").await.unwrap();
+        w.close().await.unwrap();
+        assert!(
+            d.power_cut().paths().is_empty(),
+            "closing syncs the bytes, not the name"
+        );
+        d.put_scratch(&p("s/info"), Bytes::from_static(b"i"))
+            .await
+            .unwrap();
+        d.put_scratch(&p("other/x"), Bytes::from_static(b"x"))
+            .await
+            .unwrap();
+        d.persist(&p("s/info")).await.unwrap();
+        let after = d.power_cut();
+        assert_eq!(after.paths(), ["s/data", "s/info"], "only s/ was synced");
+        assert_eq!(after.get(&p("s/data")).await.unwrap(), &b"abc"[..]);
+    }
+
+    #[tokio::test]
+    async fn a_persist_also_syncs_removals_in_its_directory() {
+        let d = MemDriver::new();
+        d.put(&p("s/old"), Bytes::from_static(b"o")).await.unwrap();
+        d.delete_all(&p("s")).await.unwrap();
+        d.put_scratch(&p("s/info"), Bytes::from_static(b"i"))
+            .await
+            .unwrap();
+        d.persist(&p("s/info")).await.unwrap();
+        assert_eq!(d.power_cut().paths(), ["s/info"]);
+    }
+
+    #[tokio::test]
+    async fn a_move_from_scratch_may_leave_the_old_name_behind() {
+        let d = MemDriver::new();
+        d.put(&p("up/a"), Bytes::from_static(b"a")).await.unwrap();
+        d.rename_from_scratch(&p("up/a"), &p("cas/a"))
+            .await
+            .unwrap();
+        assert_eq!(d.paths(), ["cas/a"]);
+        let after = d.power_cut();
+        assert_eq!(after.paths(), ["cas/a", "up/a"]);
+        let (a, b) = (
+            after.stat(&p("cas/a")).await.unwrap(),
+            after.stat(&p("up/a")).await.unwrap(),
+        );
+        assert_eq!(a.id, b.id, "the old name comes back as a second link");
+        // A name that was never durable does not come back.
+        let mut w = d.append_scratch(&p("up/b")).await.unwrap();
+        w.write(b"b").await.unwrap();
+        w.close().await.unwrap();
+        d.rename_from_scratch(&p("up/b"), &p("cas/b"))
+            .await
+            .unwrap();
+        let after = d.power_cut();
+        assert_eq!(after.paths(), ["cas/a", "cas/b", "up/a"]);
+        assert_eq!(after.get(&p("cas/b")).await.unwrap(), &b"b"[..]);
     }
 
     #[tokio::test]

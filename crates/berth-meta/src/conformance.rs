@@ -95,7 +95,7 @@ pub fn range_is_ordered_bounded_and_limited(store: &dyn MetaStore) {
 
 pub fn tables_are_separate(store: &dyn MetaStore) {
     write(store, Durability::Durable, |tx| {
-        tx.insert(Table::Uploads, b"same", b"u")
+        tx.insert(Table::Referrers, b"same", b"u")
     })
     .unwrap();
     assert_eq!(

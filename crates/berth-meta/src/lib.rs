@@ -34,13 +34,11 @@ pub enum Table {
     Referrers,
     /// (repository, subject digest, kind, signature digest) -> [`records::SignatureRecord`]
     Signatures,
-    /// upload id -> [`records::UploadRecord`]
-    Uploads,
 }
 
 impl Table {
     /// Every table, for implementations that create them up front.
-    pub const ALL: [Table; 10] = [
+    pub const ALL: [Table; 9] = [
         Table::Info,
         Table::Repos,
         Table::Tags,
@@ -50,7 +48,6 @@ impl Table {
         Table::Cas,
         Table::Referrers,
         Table::Signatures,
-        Table::Uploads,
     ];
 
     /// The table's stable name.
@@ -65,7 +62,6 @@ impl Table {
             Table::Cas => "cas",
             Table::Referrers => "referrers",
             Table::Signatures => "signatures",
-            Table::Uploads => "uploads",
         }
     }
 }

@@ -186,14 +186,6 @@ pub struct SignatureRecord {
     pub pushed: u64,
 }
 
-/// An upload session.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct UploadRecord {
-    pub repository: String,
-    pub algorithm: String,
-    pub created: u64,
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -13,16 +13,26 @@ use berth_oci::{Digest, RepoName};
 
 use crate::{book, layout, Registry, Result, StoreError};
 
+/// A finished upload's data file, about to be published.
+pub(crate) struct Finished {
+    pub path: DriverPath,
+    /// The session is durable (its `info` is on disk): the move out of the upload area must
+    /// durably remove the old name, or a crash could bring back a resumable session whose data
+    /// file is the published blob's inode (and a resumed `PATCH` would append to the blob).
+    /// Otherwise a name that comes back is removed, unread, when the registry opens.
+    pub resumable: bool,
+}
+
 /// Where the bytes of a blob being linked into a repository come from.
 pub(crate) enum Source {
     /// `_cas` holds them: hard-link.
     Cas,
     /// A finished upload's file: move it into the repository (without dedupe).
-    Move(DriverPath),
+    Move(Finished),
     /// A finished upload's file entering `_cas` (unless `_cas` has the bytes already), then
     /// hard-linked. It enters `_cas` only after its record exists, so a crash never leaves a
     /// `_cas` file that no record names.
-    ToCas(DriverPath),
+    ToCas(Finished),
     /// Another repository's file: hard-link (dedupe) or copy.
     Repo(DriverPath),
 }
@@ -84,14 +94,14 @@ impl Registry {
         if let Source::ToCas(from) = source {
             let cas = layout::cas_blob(digest)?;
             if self.exists(&cas).await? {
-                self.driver.delete(from).await?;
+                self.driver.delete(&from.path).await?;
             } else {
-                self.driver.rename(from, &cas).await?;
+                self.move_finished(from, &cas).await?;
             }
         }
         if self.exists(&target).await? {
             if let Source::Move(from) = source {
-                self.driver.delete(from).await?;
+                self.driver.delete(&from.path).await?;
             }
             return Ok(());
         }
@@ -99,10 +109,20 @@ impl Registry {
             Source::Cas | Source::ToCas(_) => {
                 self.hard_link(&layout::cas_blob(digest)?, &target).await
             }
-            Source::Move(from) => Ok(self.driver.rename(from, &target).await?),
+            Source::Move(from) => self.move_finished(from, &target).await,
             Source::Repo(from) if self.dedupe => self.hard_link(from, &target).await,
             Source::Repo(from) => self.copy_file(from, &target).await,
         }
+    }
+
+    /// Moves a finished upload's file to `to`, durably (see [`Finished::resumable`]).
+    async fn move_finished(&self, from: &Finished, to: &DriverPath) -> Result<()> {
+        if from.resumable {
+            self.driver.rename(&from.path, to).await?;
+        } else {
+            self.driver.rename_from_scratch(&from.path, to).await?;
+        }
+        Ok(())
     }
 
     async fn hard_link(&self, from: &DriverPath, to: &DriverPath) -> Result<()> {
@@ -117,16 +137,14 @@ impl Registry {
         &self,
         name: &RepoName,
         digest: &Digest,
-        from: &DriverPath,
+        from: Finished,
         size: u64,
     ) -> Result<()> {
         if !self.dedupe {
-            return self
-                .link_into(name, digest, size, Source::Move(from.clone()))
-                .await;
+            return self.link_into(name, digest, size, Source::Move(from)).await;
         }
         let _stripe = self.stripe(digest).lock().await;
-        self.link_into(name, digest, size, Source::ToCas(from.clone()))
+        self.link_into(name, digest, size, Source::ToCas(from))
             .await
     }
 

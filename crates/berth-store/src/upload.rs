@@ -3,14 +3,16 @@
 //!
 //! Each session has its own lock: streaming holds no repository lock. The hasher lives in
 //! memory; after a restart (or a failed write) it is rebuilt by hashing the bytes on disk once.
-//! Publishing renames the data file into the repository's `blobs/` under the repository lock.
+//! Publishing moves the data file into `_cas` (or the repository's `blobs/`) and links it.
+//!
+//! A session costs nothing on disk until bytes arrive, and nothing durable until a chunk is
+//! acknowledged: a monolithic upload (`POST` then `PUT` with the body) syncs only the blob's
+//! bytes and its published names.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use berth_meta::records::UploadRecord;
-use berth_meta::{Durability, Table};
 use berth_oci::{Algorithm, Digest, Hasher, RepoName};
 use bytes::Bytes;
 use futures_util::StreamExt;
@@ -47,10 +49,10 @@ impl std::fmt::Display for UploadId {
     }
 }
 
-/// `_uploads/<id>/info`: what survives a restart of a session. Written as scratch when the session
-/// opens and made durable with the first acknowledged chunk (`PATCH`): a session that never
-/// acknowledged a chunk may vanish in a crash (the client then gets `BLOB_UPLOAD_UNKNOWN` and starts
-/// over), which saves a monolithic upload every fsync but the blob's own.
+/// `_uploads/<id>/info`: what survives a restart of a session. Written, durably, with the first
+/// acknowledged chunk (`PATCH`): until then the session lives in memory only and vanishes in a
+/// restart (the client then gets `BLOB_UPLOAD_UNKNOWN` and starts over), which saves a
+/// monolithic upload every fsync but the blob's own.
 #[derive(Debug, Serialize, Deserialize)]
 struct Info {
     repository: String,
@@ -67,6 +69,9 @@ struct Session {
     closed: bool,
     /// `info` (and so the session) is durable: set by the first acknowledged chunk.
     durable: bool,
+    created_unix: u64,
+    /// When a request last used the session: expires a session with nothing on disk.
+    touched: SystemTime,
 }
 
 #[derive(Default)]
@@ -100,6 +105,16 @@ impl Sessions {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .remove(id);
     }
+
+    /// Every session held in memory.
+    fn all(&self) -> Vec<(UploadId, Arc<tokio::sync::Mutex<Session>>)> {
+        self.map
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .iter()
+            .map(|(id, s)| (UploadId(id.clone()), Arc::clone(s)))
+            .collect()
+    }
 }
 
 fn algorithm_named(s: &str) -> Algorithm {
@@ -115,29 +130,9 @@ impl Registry {
     pub async fn upload_start(&self, repo: &RepoName, algorithm: Algorithm) -> Result<UploadId> {
         self.check_space().await?;
         let id = UploadId::new();
-        let info = Info {
-            repository: repo.as_str().to_owned(),
-            algorithm: algorithm.as_str().to_owned(),
-            created_unix: SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map(|d| d.as_secs())
-                .unwrap_or(0),
-        };
-        let bytes = serde_json::to_vec(&info).map_err(|e| StoreError::Internal(e.to_string()))?;
-        self.driver
-            .put_scratch(&layout::upload_info(id.as_str())?, Bytes::from(bytes))
-            .await?;
-        let record = UploadRecord {
-            repository: info.repository,
-            algorithm: info.algorithm,
-            created: info.created_unix,
-        };
-        let key = id.as_str().as_bytes().to_vec();
-        self.meta_write(Durability::Lazy, move |tx| {
-            berth_meta::records::put(tx, Table::Uploads, &key, &record)
-        })
-        .await?;
-        // The data file is created by the first bytes (or by an empty finish).
+        let now = SystemTime::now();
+        // Nothing on disk yet: the data file is created by the first bytes (or by an empty
+        // finish), `info` by the first acknowledged chunk.
         let session = Session {
             repo: repo.clone(),
             size: 0,
@@ -145,6 +140,11 @@ impl Registry {
             algorithm,
             closed: false,
             durable: false,
+            created_unix: now
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0),
+            touched: now,
         };
         self.uploads
             .insert(&id, Arc::new(tokio::sync::Mutex::new(session)));
@@ -182,7 +182,11 @@ impl Registry {
                     hasher: None,
                     algorithm,
                     closed: false,
-                    durable: false,
+                    // Its `info` is on disk: a crash must not bring back its data file once
+                    // published (see `Registry::publish_blob`).
+                    durable: true,
+                    created_unix: info.created_unix,
+                    touched: SystemTime::now(),
                 };
                 self.uploads
                     .insert(id, Arc::new(tokio::sync::Mutex::new(s)))
@@ -220,16 +224,26 @@ impl Registry {
         let mut result = self.append_locked(id, &mut s, start, body).await;
         if result.is_ok() && !s.durable {
             // The chunk is acknowledged: from now on the session survives a crash.
-            match self
-                .driver
-                .persist(&layout::upload_info(id.as_str())?)
-                .await
-            {
+            match self.write_info(id, &s).await {
                 Ok(()) => s.durable = true,
-                Err(e) => result = Err(e.into()),
+                Err(e) => result = Err(e),
             }
         }
         self.drop_if_full(id, &mut s, result).await
+    }
+
+    /// Writes the session's `info` and syncs it with the directories above it, which makes the
+    /// data file's name (created as scratch) durable too.
+    async fn write_info(&self, id: &UploadId, s: &Session) -> Result<()> {
+        let info = Info {
+            repository: s.repo.as_str().to_owned(),
+            algorithm: s.algorithm.as_str().to_owned(),
+            created_unix: s.created_unix,
+        };
+        let bytes = serde_json::to_vec(&info).map_err(|e| StoreError::Internal(e.to_string()))?;
+        let path = layout::upload_info(id.as_str())?;
+        self.driver.put_scratch(&path, Bytes::from(bytes)).await?;
+        Ok(self.driver.persist(&path).await?)
     }
 
     /// A session whose write hit a full disk is removed with its bytes, so a full disk is left
@@ -264,8 +278,9 @@ impl Registry {
         if s.closed {
             return Err(StoreError::UploadUnknown(id.to_string()));
         }
+        s.touched = SystemTime::now();
         let path = layout::upload_data(id.as_str())?;
-        let mut writer = self.driver.append(&path).await?;
+        let mut writer = self.driver.append_scratch(&path).await?;
         if writer.size() != s.size || s.hasher.is_none() {
             s.size = writer.size();
             s.hasher = Some(self.hash_file(&path, s.algorithm).await?);
@@ -338,7 +353,7 @@ impl Registry {
         let path = layout::upload_data(id.as_str())?;
         if s.size == 0 && !self.exists(&path).await? {
             // An empty blob finished without a body: its (empty) data file.
-            self.driver.append(&path).await?.close().await?;
+            self.driver.append_scratch(&path).await?.close().await?;
         }
         let actual = match (&s.hasher, digest.algorithm() == s.algorithm) {
             (Some(h), true) => h.current(),
@@ -354,7 +369,11 @@ impl Registry {
                 actual,
             });
         }
-        let published = self.publish_blob(repo, digest, &path, size).await;
+        let from = crate::blobs::Finished {
+            path,
+            resumable: s.durable,
+        };
+        let published = self.publish_blob(repo, digest, from, size).await;
         self.drop_if_full(id, &mut s, published).await?;
         s.closed = true;
         self.remove_session(id, s.durable).await?;
@@ -384,15 +403,7 @@ impl Registry {
             .delete_all(&layout::upload_dir(id.as_str())?)
             .await?;
         self.uploads.remove(id.as_str());
-        self.forget_upload(id.as_str()).await
-    }
-
-    async fn forget_upload(&self, id: &str) -> Result<()> {
-        let key = id.as_bytes().to_vec();
-        self.meta_write(Durability::Lazy, move |tx| {
-            tx.remove(Table::Uploads, &key).map(|_| ())
-        })
-        .await
+        Ok(())
     }
 
     /// Removes what a crash can leave in the upload area: scratch files of copies, dedupe and
@@ -457,9 +468,23 @@ impl Registry {
             }
             self.driver.delete_all(&dir).await?;
             self.uploads.remove(&name);
-            self.forget_upload(&name).await?;
             removed += 1;
             tracing::info!(upload = %name, "expired an abandoned upload session");
+        }
+        // Sessions that never received a byte have nothing on disk to judge by.
+        let before = now.checked_sub(timeout).unwrap_or(UNIX_EPOCH);
+        for (id, session) in self.uploads.all() {
+            // Skipped while a request uses it.
+            let Ok(mut s) = session.try_lock() else {
+                continue;
+            };
+            if s.durable || s.closed || s.touched >= before {
+                continue;
+            }
+            s.closed = true;
+            self.remove_session(&id, false).await?;
+            removed += 1;
+            tracing::info!(upload = %id, "expired an abandoned upload session");
         }
         Ok(removed)
     }

@@ -159,6 +159,14 @@ impl<D: Driver> FaultyDriver<D> {
             Err(self.switch.driver_error(path.as_str()))
         }
     }
+
+    fn writer(&self, inner: Box<dyn DriverWriter>, path: &DriverPath) -> Box<dyn DriverWriter> {
+        Box::new(FaultyWriter {
+            inner,
+            switch: self.switch.clone(),
+            path: path.clone(),
+        })
+    }
 }
 
 impl FaultyDriver<MemDriver> {
@@ -212,11 +220,16 @@ impl<D: Driver> Driver for FaultyDriver<D> {
     async fn append(&self, path: &DriverPath) -> Result<Box<dyn DriverWriter>, DriverError> {
         self.point(path, || format!("append {path}"))?;
         let inner = self.inner.append(path).await?;
-        Ok(Box::new(FaultyWriter {
-            inner,
-            switch: self.switch.clone(),
-            path: path.clone(),
-        }))
+        Ok(self.writer(inner, path))
+    }
+
+    async fn append_scratch(
+        &self,
+        path: &DriverPath,
+    ) -> Result<Box<dyn DriverWriter>, DriverError> {
+        self.point(path, || format!("append_scratch {path}"))?;
+        let inner = self.inner.append_scratch(path).await?;
+        Ok(self.writer(inner, path))
     }
 
     async fn list(&self, path: &DriverPath) -> Result<Vec<String>, DriverError> {
@@ -227,6 +240,15 @@ impl<D: Driver> Driver for FaultyDriver<D> {
     async fn rename(&self, from: &DriverPath, to: &DriverPath) -> Result<(), DriverError> {
         self.point(from, || format!("rename {from} -> {to}"))?;
         self.inner.rename(from, to).await
+    }
+
+    async fn rename_from_scratch(
+        &self,
+        from: &DriverPath,
+        to: &DriverPath,
+    ) -> Result<(), DriverError> {
+        self.point(from, || format!("rename_from_scratch {from} -> {to}"))?;
+        self.inner.rename_from_scratch(from, to).await
     }
 
     async fn delete(&self, path: &DriverPath) -> Result<(), DriverError> {

@@ -317,6 +317,31 @@ async fn abandoned_uploads_are_removed() {
     assert_eq!(status(&reg, &loc).await, 404);
 }
 
+/// A session that never received a byte lives in memory only (a monolithic upload writes
+/// nothing before its `PUT`), and still expires.
+#[tokio::test]
+async fn abandoned_sessions_without_bytes_are_removed() {
+    let reg = TestRegistry::start_with(|c| c.storage.upload_timeout = Duration::from_secs(1));
+    let r = reg
+        .client
+        .post(reg.url("/v2/app/blobs/uploads/"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    let loc = r.headers()["location"].to_str().unwrap().to_owned();
+    let id = loc.rsplit('/').next().unwrap().to_owned();
+    assert_eq!(status(&reg, &loc).await, 204);
+    assert!(
+        !reg.root().join("_uploads").join(&id).exists(),
+        "opening a session wrote to disk"
+    );
+    tokio::time::sleep(Duration::from_millis(2200)).await;
+    let report = gc(&reg, &opts(HOUR, HOUR)).await;
+    assert!(report.uploads <= 1, "{report:#?}");
+    assert_eq!(status(&reg, &loc).await, 404);
+}
+
 // ---------------------------------------------------------------------------------------------
 // Retention with the default policy
 
