@@ -24,9 +24,8 @@ use crate::{
 
 /// Directory under the root holding temporary files.
 const TMP_DIR: &str = ".tmp";
-/// Chunk size of streams returned by `read_range`: one blocking read per chunk.
-const READ_CHUNK: usize = 256 * 1024;
-/// A range up to this size is read in one blocking call (a small blob: one hop, not five).
+/// A range up to this size (a small blob) is read into a buffer in one blocking call; a larger
+/// one is sent from memory maps of this size, one blocking call each.
 const READ_WHOLE: u64 = 1024 * 1024;
 /// Bytes an append writer buffers before writing them to the file.
 const WRITE_BUF: usize = 512 * 1024;
@@ -191,31 +190,34 @@ impl Driver for LocalFs {
             None => size,
         };
         let start = offset.min(end);
-        // One blocking call per chunk (the last megabyte, or a whole small blob, in one).
+        let small = end - start <= READ_WHOLE;
+        // One blocking call per chunk: a whole small blob, or a mapped megabyte.
         let chunks = futures_util::stream::try_unfold(start, move |pos| {
             let file = Arc::clone(&file);
             async move {
                 if pos >= end {
                     return Ok(None);
                 }
-                let left = end - pos;
-                let want = if left <= READ_WHOLE {
-                    usize::try_from(left).unwrap_or(READ_CHUNK)
+                let want = usize::try_from((end - pos).min(READ_WHOLE)).unwrap_or(0);
+                let chunk = if !small {
+                    tokio::task::spawn_blocking(move || map_window(&file, pos, want))
+                        .await
+                        .map_err(io::Error::other)??
                 } else {
-                    READ_CHUNK
+                    // Allocated here, on a runtime thread, not on a blocking-pool thread: the
+                    // allocator keeps an arena per thread that ever allocated, and the pool has
+                    // many threads.
+                    let buf = vec![0u8; want];
+                    let read = tokio::task::spawn_blocking(move || read_at_most(&file, pos, buf))
+                        .await
+                        .map_err(io::Error::other)??;
+                    Bytes::from(read)
                 };
-                // Allocated here, on a runtime thread, not on a blocking-pool thread: the
-                // allocator keeps an arena per thread that ever allocated, and the pool has
-                // many threads.
-                let buf = vec![0u8; want];
-                let chunk = tokio::task::spawn_blocking(move || read_at_most(&file, pos, buf))
-                    .await
-                    .map_err(io::Error::other)??;
                 if chunk.is_empty() {
                     return Ok(None); // the file shrank under us: end early
                 }
                 let next = pos + chunk.len() as u64;
-                Ok(Some((Bytes::from(chunk), next)))
+                Ok(Some((chunk, next)))
             }
         });
         Ok(Box::pin(chunks))
@@ -640,6 +642,31 @@ impl DriverWriter for LocalWriter {
         }
         Ok(this.committed)
     }
+}
+
+/// Maps up to `want` bytes of `file` from `pos` (less at the end of the file), with the pages
+/// faulted in here, on the blocking pool: sending the chunk then copies nothing in user space,
+/// and the runtime's threads never wait for the disk. Blob files are never truncated (they are
+/// replaced by rename), so the mapping stays valid while the chunk lives.
+#[allow(unsafe_code)]
+fn map_window(file: &File, pos: u64, want: usize) -> io::Result<Bytes> {
+    let size = file.metadata()?.len();
+    let len = usize::try_from(size.saturating_sub(pos))
+        .unwrap_or(want)
+        .min(want);
+    if len == 0 {
+        return Ok(Bytes::new());
+    }
+    // SAFETY: the mapping is read-only and berth never truncates or rewrites a file in place,
+    // so the mapped bytes stay backed by the file for the mapping's lifetime.
+    let map = unsafe {
+        memmap2::MmapOptions::new()
+            .offset(pos)
+            .len(len)
+            .populate()
+            .map(file)?
+    };
+    Ok(Bytes::from_owner(map))
 }
 
 /// Fills `buf` from `pos` (less only at the end of the file) and returns what was read.
