@@ -29,6 +29,9 @@ const TMP_DIR: &str = ".tmp";
 const READ_WHOLE: u64 = 1024 * 1024;
 /// Bytes an append writer buffers before writing them to the file.
 const WRITE_BUF: usize = 512 * 1024;
+/// When syncing, an append writer starts flushing the file's data in the background each time
+/// this much more was written, so a large upload's final fsync has little left to wait for.
+const FLUSH_EVERY: u64 = 8 * 1024 * 1024;
 /// `put` writes its temporary file in chunks of this size, checking for cancellation in between.
 const PUT_CHUNK: usize = 1024 * 1024;
 
@@ -114,6 +117,8 @@ impl LocalFs {
             sync: self.inner.sync,
             label: path.as_str().to_owned(),
             interrupted: false,
+            unflushed: 0,
+            flushing: None,
         }))
     }
 
@@ -570,6 +575,10 @@ struct LocalWriter {
     label: String,
     /// A write to the file was cancelled mid-way (its future dropped): the size is unknown.
     interrupted: bool,
+    /// Bytes written since the last background flush started.
+    unflushed: u64,
+    /// A background `fdatasync` of what was written so far; its error is the writer's.
+    flushing: Option<tokio::task::JoinHandle<io::Result<()>>>,
 }
 
 impl LocalWriter {
@@ -594,9 +603,39 @@ impl LocalWriter {
         .await?;
         self.interrupted = false;
         self.committed += written as u64;
+        self.unflushed += written as u64;
         pending.clear();
         self.buf = pending; // reuse the allocation
         result.map_err(|e| DriverError::io(&self.label, e))
+    }
+
+    /// Starts a background flush every [`FLUSH_EVERY`] bytes (none while one still runs). A
+    /// failed flush fails the writer: its error must not be lost, since a later fsync of the
+    /// same file may no longer report it.
+    async fn maybe_flush(&mut self) -> Result<()> {
+        if !self.sync || self.unflushed < FLUSH_EVERY {
+            return Ok(());
+        }
+        if self.flushing.as_ref().is_some_and(|h| !h.is_finished()) {
+            return Ok(());
+        }
+        self.finish_flush().await?;
+        let file = Arc::clone(&self.file);
+        self.flushing = Some(tokio::task::spawn_blocking(move || file.sync_data()));
+        self.unflushed = 0;
+        Ok(())
+    }
+
+    /// Waits for the background flush, if any, and returns its outcome.
+    async fn finish_flush(&mut self) -> Result<()> {
+        match self.flushing.take() {
+            Some(flush) => flush
+                .await
+                .map_err(io::Error::other)
+                .and_then(|r| r)
+                .map_err(|e| DriverError::io(&self.label, e)),
+            None => Ok(()),
+        }
     }
 }
 
@@ -622,6 +661,7 @@ impl DriverWriter for LocalWriter {
             }
             let full = std::mem::take(&mut self.buf);
             self.write_out(full).await?;
+            self.maybe_flush().await?;
         }
     }
 
@@ -632,6 +672,7 @@ impl DriverWriter for LocalWriter {
             let pending = std::mem::take(&mut this.buf);
             this.write_out(pending).await?;
         }
+        this.finish_flush().await?;
         if this.sync {
             let file = Arc::clone(&this.file);
             let label = this.label.clone();

@@ -286,6 +286,23 @@ async fn writer_buffers_until_full_or_closed() {
     assert_eq!(data[size as usize - 10..], [3; 10]);
 }
 
+/// A syncing writer flushes in the background while it writes (every `FLUSH_EVERY` bytes) and
+/// its result is the same: every byte, in order, at close.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_syncing_writer_flushes_as_it_goes_and_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let fs = LocalFs::new(dir.path(), true).unwrap();
+    let path = p("big");
+    let mut w = fs.append_scratch(&path).await.unwrap();
+    let total = 3 * FLUSH_EVERY as usize + 12345;
+    let data: Vec<u8> = (0..total).map(|i| (i % 253) as u8).collect();
+    for piece in data.chunks(300 * 1024 + 7) {
+        w.write(piece).await.unwrap();
+    }
+    assert_eq!(w.close().await.unwrap(), total as u64);
+    assert!(fs.get(&path).await.unwrap() == data);
+}
+
 #[tokio::test]
 async fn read_range_streams_in_bounded_chunks() {
     let dir = tempfile::tempdir().unwrap();
