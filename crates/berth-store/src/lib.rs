@@ -94,7 +94,9 @@ pub struct Registry {
     config: StoreConfig,
     /// Whether blobs are hard links into `_cas` (the setting, and the driver can link).
     dedupe: bool,
-    repos: Mutex<HashMap<RepoName, Arc<repo::RepoCell>>>,
+    /// Repositories whose state a request has loaded (`index.json` parsed, lookups built), and
+    /// whether one used it since the last [`Registry::evict_idle`].
+    repos: Mutex<HashMap<RepoName, (Arc<repo::RepoCell>, bool)>>,
     uploads: upload::Sessions,
     /// Striped per-digest locks serialising a digest's entry into and removal from `_cas`.
     stripes: Vec<tokio::sync::Mutex<()>>,
@@ -107,6 +109,9 @@ pub struct Registry {
     gc_running: tokio::sync::Mutex<()>,
     observer: std::sync::OnceLock<Arc<dyn StoreObserver>>,
 }
+
+/// Repositories with more index entries than this keep their cached state when idle.
+const EVICT_MAX_ENTRIES: usize = 256;
 
 impl Registry {
     /// Opens (or initialises) a root. Checks the on-disk format stamp and writes it on a new
@@ -306,6 +311,43 @@ impl Registry {
             .repos
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        repos.entry(name.clone()).or_default().clone()
+        let slot = repos.entry(name.clone()).or_default();
+        slot.1 = true;
+        slot.0.clone()
+    }
+
+    /// Forgets the cached state of every small repository (at most [`EVICT_MAX_ENTRIES`]
+    /// entries, no journal) that no request has used since the previous call and that nobody
+    /// holds now; its next use reads `index.json` again. Memory then follows the repositories
+    /// in use rather than every one ever touched. Large indexes stay: re-reading and parsing
+    /// megabytes costs more than keeping them, and fragments the heap. Returns how many were
+    /// dropped. Run periodically by the server.
+    pub fn evict_idle(&self) -> usize {
+        let mut repos = self
+            .repos
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let before = repos.len();
+        repos.retain(|_, (cell, used)| {
+            // Only the map holds an idle cell: no request waits on or reads its lock.
+            if std::mem::take(used) || Arc::strong_count(cell) > 1 {
+                return true;
+            }
+            let Ok(state) = cell.try_read() else {
+                return true;
+            };
+            state.as_ref().is_some_and(|s| {
+                s.journal > 0 || s.journal_torn || s.index.manifests.len() > EVICT_MAX_ENTRIES
+            })
+        });
+        before - repos.len()
+    }
+
+    /// Repositories whose state is cached in memory now.
+    pub fn loaded_repositories(&self) -> usize {
+        self.repos
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .len()
     }
 }

@@ -153,6 +153,7 @@ pub struct Metrics {
     request_bytes: Family<RouteLabel, Counter>,
     response_bytes: Family<RouteLabel, Counter>,
     uploads_in_progress: Gauge,
+    repositories_loaded: Gauge,
     storage_repositories: Gauge,
     storage_blobs: Gauge,
     storage_shared_blobs: Gauge,
@@ -180,6 +181,7 @@ impl Metrics {
             request_bytes: Family::default(),
             response_bytes: Family::default(),
             uploads_in_progress: Gauge::default(),
+            repositories_loaded: Gauge::default(),
             storage_repositories: Gauge::default(),
             storage_blobs: Gauge::default(),
             storage_shared_blobs: Gauge::default(),
@@ -220,6 +222,11 @@ impl Metrics {
             "uploads_in_progress",
             "Blob upload requests (POST, PATCH, PUT) receiving bytes now",
             m.uploads_in_progress.clone(),
+        );
+        r.register(
+            "repositories_loaded",
+            "Repositories whose index is cached in memory (idle ones are dropped within a minute)",
+            m.repositories_loaded.clone(),
         );
         r.register(
             "storage_repositories",
@@ -293,6 +300,8 @@ impl Metrics {
     /// from `registry`'s metadata store if they are older than [`STORAGE_REFRESH`].
     pub async fn render(&self, registry: &Arc<Registry>) -> String {
         self.refresh_storage(registry).await;
+        self.repositories_loaded
+            .set(i64::try_from(registry.loaded_repositories()).unwrap_or(i64::MAX));
         let mut out = String::new();
         if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &self.registry) {
             tracing::warn!(error = %e, "cannot encode the metrics");

@@ -348,7 +348,7 @@ pub async fn start(config: Config) -> Result<Running, ServeError> {
         stop.subscribe(),
     );
     let stats = spawn_pull_stats(registry.clone(), stop.subscribe());
-    let journals = spawn_journal_compaction(registry.clone(), stop.subscribe());
+    let housekeeping = spawn_housekeeping(registry.clone(), stop.subscribe());
     let background = spawn_reconcile(registry.clone());
     let passes = GcPasses::new(registry.clone(), metrics.clone());
     let schedule = spawn_schedule(
@@ -420,7 +420,7 @@ pub async fn start(config: Config) -> Result<Running, ServeError> {
         }
         passes.idle().await;
         let _ = stats.await;
-        let _ = journals.await;
+        let _ = housekeeping.await;
         // Requests have finished: fold the last journal entries into index.json.
         if let Err(e) = registry_at_exit.compact_journals().await {
             tracing::warn!(error = %e, "folding index journals into index.json failed; they are replayed at the next start");
@@ -708,20 +708,28 @@ fn spawn_pull_stats(registry: Arc<Registry>, mut stop: watch::Receiver<bool>) ->
     })
 }
 
+/// Seconds between sweeps that drop the cached state of idle repositories: a repository
+/// unused for one to two sweeps is read from disk again when next used.
+const EVICT_EVERY: u32 = 30;
+
 /// Folds index journals into their `index.json` about once a second, so other tools reading
-/// the layouts see new tags soon (the final fold runs after the last request, at shutdown).
-fn spawn_journal_compaction(
-    registry: Arc<Registry>,
-    mut stop: watch::Receiver<bool>,
-) -> JoinHandle<()> {
+/// the layouts see new tags soon (the final fold runs after the last request, at shutdown), and
+/// every [`EVICT_EVERY`] seconds forgets the cached state of idle repositories.
+fn spawn_housekeeping(registry: Arc<Registry>, mut stop: watch::Receiver<bool>) -> JoinHandle<()> {
     tokio::spawn(async move {
-        loop {
+        for tick in 1u32.. {
             tokio::select! {
                 _ = tokio::time::sleep(Duration::from_secs(1)) => {}
                 _ = stop.wait_for(|s| *s) => return,
             }
             if let Err(e) = registry.compact_journals().await {
                 tracing::warn!(error = %e, "folding index journals into index.json failed; will retry");
+            }
+            if tick % EVICT_EVERY == 0 {
+                let dropped = registry.evict_idle();
+                if dropped > 0 {
+                    tracing::debug!(dropped, "forgot the cached state of idle repositories");
+                }
             }
         }
     })

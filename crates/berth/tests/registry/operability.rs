@@ -425,6 +425,80 @@ async fn metrics_count_garbage_collection_passes() {
     assert!(metric(&text, "berth_gc_last_success_timestamp_seconds", &[]) > 1.6e9);
 }
 
+/// Idle repositories' cached state is dropped (the server sweeps every 30 s; the test calls the
+/// sweep itself): `berth_repositories_loaded` falls, and every repository still serves from
+/// disk, tags recorded in a journal included.
+#[tokio::test(flavor = "multi_thread")]
+async fn idle_repositories_are_dropped_from_memory_and_still_served() {
+    let reg = TestRegistry::start_with(|c| c.storage.index_journal_from = 2);
+    let repos: Vec<String> = (0..3).map(|_| unique_repo("ops/evict")).collect();
+    let mut images = Vec::new();
+    for repo in &repos {
+        let image = reg.push_image(repo, "a", 1).await;
+        for tag in ["b", "c"] {
+            let r = reg
+                .put_manifest(
+                    repo,
+                    tag,
+                    berth_testkit::berth_oci::media::OCI_MANIFEST,
+                    &image.manifest,
+                )
+                .await;
+            assert_eq!(r.status(), 201);
+        }
+        images.push(image);
+    }
+    let loaded = metric(&scrape(&reg.base).await, "berth_repositories_loaded", &[]);
+    assert!(
+        loaded >= 3.0,
+        "{loaded} repositories loaded after pushing to 3"
+    );
+
+    // A repository with more than 256 entries keeps its state.
+    let big = unique_repo("ops/evict-big");
+    let image = reg.push_image(&big, "t0", 1).await;
+    for i in 1..=256 {
+        let r = reg
+            .put_manifest(
+                &big,
+                &format!("t{i}"),
+                berth_testkit::berth_oci::media::OCI_MANIFEST,
+                &image.manifest,
+            )
+            .await;
+        assert_eq!(r.status(), 201);
+    }
+
+    // Used since the last sweep: kept by the first, dropped by a later one once the background
+    // fold has emptied its journal (a journaled repository is never dropped).
+    let mut dropped = 0;
+    for _ in 0..20 {
+        dropped += reg.registry.evict_idle();
+        if dropped >= 3 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    assert_eq!(dropped, 3, "the three small repositories are dropped");
+    assert_eq!(reg.registry.loaded_repositories(), 1, "the large one stays");
+    let after = metric(&scrape(&reg.base).await, "berth_repositories_loaded", &[]);
+    assert!(
+        after < loaded,
+        "{after} loaded after the sweeps, {loaded} before"
+    );
+
+    for (repo, image) in repos.iter().zip(&images) {
+        for tag in ["a", "b", "c"] {
+            let r = reg.get(&format!("/v2/{repo}/manifests/{tag}")).await;
+            assert_eq!(r.status(), 200, "{repo}:{tag} after eviction");
+            assert_eq!(r.bytes().await.unwrap().as_ref(), image.manifest.as_slice());
+        }
+        let r = reg.get(&format!("/v2/{repo}/tags/list")).await;
+        let body: Value = r.json().await.unwrap();
+        assert_eq!(body["tags"], serde_json::json!(["a", "b", "c"]));
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn metrics_can_have_their_own_listener() {
     // The testkit does not expose the metrics listener's address: start a server directly.
