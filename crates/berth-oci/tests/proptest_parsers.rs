@@ -528,7 +528,7 @@ fn descriptor() -> impl Strategy<Value = Descriptor> {
                 digest,
                 size,
                 artifact_type,
-                annotations,
+                annotations: annotations.map(Into::into),
                 platform,
                 urls,
             },

@@ -8,7 +8,7 @@
 use std::collections::{BTreeMap, HashMap};
 
 use berth_oci::manifest::Descriptor;
-use berth_oci::{media, Digest, Tag};
+use berth_oci::{media, Annotations, Digest, Tag};
 use serde::{Deserialize, Serialize};
 
 /// The annotation that names a tag in `index.json`.
@@ -183,10 +183,7 @@ impl IndexJson {
             self.reindex();
         }
         let mut entry = plain(desc);
-        entry.annotations = Some(BTreeMap::from([(
-            REF_NAME.to_owned(),
-            tag.as_str().to_owned(),
-        )]));
+        entry.annotations = Some(Annotations::one(REF_NAME, tag.as_str()));
         self.push_indexed(entry.clone());
         Some(entry)
     }
@@ -211,7 +208,7 @@ impl IndexJson {
             if untagged
                 .annotations
                 .as_ref()
-                .is_some_and(BTreeMap::is_empty)
+                .is_some_and(Annotations::is_empty)
             {
                 untagged.annotations = None;
             }
@@ -263,7 +260,7 @@ impl IndexJson {
             if let Some(a) = d.annotations.as_mut() {
                 a.remove(REF_NAME);
             }
-            if d.annotations.as_ref().is_some_and(BTreeMap::is_empty) {
+            if d.annotations.as_ref().is_some_and(Annotations::is_empty) {
                 d.annotations = None;
             }
             kept.push(d);

@@ -603,7 +603,7 @@ impl Registry {
                 digest: d,
                 size: r.size,
                 artifact_type: r.artifact_type,
-                annotations: r.annotations,
+                annotations: r.annotations.map(Into::into),
                 platform: None,
                 urls: None,
             });
