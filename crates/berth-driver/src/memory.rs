@@ -163,6 +163,27 @@ impl MemDriver {
         }))
     }
 
+    /// `rename` (the old name's removal durable too when `durable_source`) or
+    /// `rename_from_scratch`: the new name is durable either way.
+    fn move_name(&self, from: &DriverPath, to: &DriverPath, durable_source: bool) -> Result<()> {
+        let (f, t) = (object(from)?, object(to)?);
+        let mut st = self.lock();
+        let ino = st.lookup(f)?;
+        if f == t {
+            return Ok(());
+        }
+        st.check_creatable(t)?;
+        // Take a reference first so the inode survives losing its old name.
+        st.set_name(t, ino);
+        if durable_source {
+            st.remove_name(f);
+        } else {
+            st.remove_visible_name(f);
+        }
+        st.durable.insert(t.to_owned(), ino);
+        Ok(())
+    }
+
     /// Every object's path in the visible state, sorted.
     pub fn paths(&self) -> Vec<String> {
         self.lock().names.keys().cloned().collect()
@@ -441,34 +462,13 @@ impl Driver for MemDriver {
 
     /// Durable on return (both directories are synced); the inode's bytes stay as synced.
     async fn rename(&self, from: &DriverPath, to: &DriverPath) -> Result<()> {
-        let (f, t) = (object(from)?, object(to)?);
-        let mut st = self.lock();
-        let ino = st.lookup(f)?;
-        if f == t {
-            return Ok(());
-        }
-        st.check_creatable(t)?;
-        // Take a reference first so the inode survives losing its old name.
-        st.set_name(t, ino);
-        st.remove_name(f);
-        st.durable.insert(t.to_owned(), ino);
-        Ok(())
+        self.move_name(from, to, true)
     }
 
     /// Like `rename`, but the old name's removal is not durable: a power cut brings it back,
     /// naming the same inode as the new name.
     async fn rename_from_scratch(&self, from: &DriverPath, to: &DriverPath) -> Result<()> {
-        let (f, t) = (object(from)?, object(to)?);
-        let mut st = self.lock();
-        let ino = st.lookup(f)?;
-        if f == t {
-            return Ok(());
-        }
-        st.check_creatable(t)?;
-        st.set_name(t, ino);
-        st.remove_visible_name(f);
-        st.durable.insert(t.to_owned(), ino);
-        Ok(())
+        self.move_name(from, to, false)
     }
 
     async fn delete(&self, path: &DriverPath) -> Result<()> {

@@ -290,15 +290,7 @@ async fn referenced_blobs_are_never_removed() {
 #[tokio::test]
 async fn abandoned_uploads_are_removed() {
     let reg = TestRegistry::start_with(|c| c.storage.upload_timeout = Duration::from_secs(1));
-    let r = reg
-        .client
-        .post(reg.url("/v2/app/blobs/uploads/"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 202);
-    let loc = r.headers()["location"].to_str().unwrap().to_owned();
-    let id = loc.rsplit('/').next().unwrap().to_owned();
+    let (loc, id) = open_session(&reg).await;
     let r = reg
         .client
         .patch(reg.url(&loc))
@@ -317,11 +309,8 @@ async fn abandoned_uploads_are_removed() {
     assert_eq!(status(&reg, &loc).await, 404);
 }
 
-/// A session that never received a byte lives in memory only (a monolithic upload writes
-/// nothing before its `PUT`), and still expires.
-#[tokio::test]
-async fn abandoned_sessions_without_bytes_are_removed() {
-    let reg = TestRegistry::start_with(|c| c.storage.upload_timeout = Duration::from_secs(1));
+/// Opens an upload session in `app`: its location and id.
+async fn open_session(reg: &TestRegistry) -> (String, String) {
     let r = reg
         .client
         .post(reg.url("/v2/app/blobs/uploads/"))
@@ -331,6 +320,15 @@ async fn abandoned_sessions_without_bytes_are_removed() {
     assert_eq!(r.status(), 202);
     let loc = r.headers()["location"].to_str().unwrap().to_owned();
     let id = loc.rsplit('/').next().unwrap().to_owned();
+    (loc, id)
+}
+
+/// A session that never received a byte lives in memory only (a monolithic upload writes
+/// nothing before its `PUT`), and still expires.
+#[tokio::test]
+async fn abandoned_sessions_without_bytes_are_removed() {
+    let reg = TestRegistry::start_with(|c| c.storage.upload_timeout = Duration::from_secs(1));
+    let (loc, id) = open_session(&reg).await;
     assert_eq!(status(&reg, &loc).await, 204);
     assert!(
         !reg.root().join("_uploads").join(&id).exists(),
