@@ -4,10 +4,13 @@
 use axum::body::Body;
 use axum::response::Response;
 use berth_oci::{Digest, RepoName};
-use berth_store::StoreError;
+use berth_store::{Small, StoreError};
 use http::{header, Method, StatusCode};
 
 use crate::{respond, ApiError, Req, DIGEST_HEADER};
+
+/// A blob `GET` (without `Range`) up to this size is read whole in one storage call.
+const READ_WHOLE: u64 = 1024 * 1024;
 
 /// The `Range` header of a blob pull against a blob of `size` bytes: `Ok(None)` for the whole
 /// blob (no `bytes=` unit, or several ranges), `Ok(Some((first, last)))` inclusive with
@@ -64,8 +67,23 @@ pub(crate) async fn get(
     name: RepoName,
     digest: Digest,
 ) -> Result<Response, ApiError> {
+    // A whole small blob is read in the same storage call that finds its size.
+    let mut whole = None;
     let size = if *req.method == Method::HEAD {
         req.registry().blob_head(&name, &digest).await?
+    } else if req.header(header::RANGE).is_none() {
+        match req
+            .registry()
+            .blob_read_small(&name, &digest, READ_WHOLE)
+            .await?
+        {
+            Small::Whole(bytes) => {
+                let size = bytes.len() as u64;
+                whole = Some(bytes);
+                size
+            }
+            Small::Large(size) => size,
+        }
     } else {
         req.registry().blob_size(&name, &digest).await?
     };
@@ -91,6 +109,8 @@ pub(crate) async fn get(
     }
     let body = if *req.method == Method::HEAD || len == 0 {
         Body::empty()
+    } else if let Some(bytes) = whole {
+        Body::from(bytes)
     } else {
         Body::from_stream(
             req.registry()

@@ -13,7 +13,7 @@ use std::time::{Duration, SystemTime};
 use bytes::Bytes;
 use futures_util::StreamExt;
 
-use crate::{Driver, DriverError, DriverPath};
+use crate::{Driver, DriverError, DriverPath, Small};
 
 /// Runs every check in this module.
 pub async fn run_all(driver: &dyn Driver) {
@@ -25,6 +25,7 @@ pub async fn run_all(driver: &dyn Driver) {
     read_range_offset_and_len(driver).await;
     read_range_bounds(driver).await;
     stat_reports_size(driver).await;
+    read_small_reads_whole_or_sizes(driver).await;
     append_continues_at_end(driver).await;
     scratch_append_and_move(driver).await;
     list_is_sorted(driver).await;
@@ -257,6 +258,31 @@ pub async fn stat_reports_size(driver: &dyn Driver) {
     );
     driver.put(&path, Bytes::new()).await.unwrap();
     assert_eq!(driver.stat(&path).await.unwrap().size, 0);
+    cleanup(driver, &base).await;
+}
+
+/// `read_small` returns a small object whole (tiny, or large enough to be read another way),
+/// only the size of a larger one, and `NotFound` for a missing one.
+pub async fn read_small_reads_whole_or_sizes(driver: &dyn Driver) {
+    let base = scratch("read-small");
+    for (name, len) in [("empty", 0), ("tiny", 300), ("mid", 100 * 1024 + 3)] {
+        let path = at(&base, name);
+        driver.put(&path, pattern(len, 4)).await.unwrap();
+        assert_eq!(
+            driver.read_small(&path, 1 << 20).await.unwrap(),
+            Small::Whole(pattern(len, 4)),
+            "{name}"
+        );
+    }
+    let path = at(&base, "mid");
+    assert_eq!(
+        driver.read_small(&path, 100 * 1024).await.unwrap(),
+        Small::Large(100 * 1024 + 3)
+    );
+    assert_not_found(
+        driver.read_small(&at(&base, "missing"), 1 << 20).await,
+        "read_small of a missing object",
+    );
     cleanup(driver, &base).await;
 }
 

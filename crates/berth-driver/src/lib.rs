@@ -82,6 +82,15 @@ pub struct ObjectMeta {
     pub id: Option<(u64, u64)>,
 }
 
+/// An object read by [`Driver::read_small`]: all of it when small enough, else just its size.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Small {
+    /// The whole object.
+    Whole(Bytes),
+    /// The object is larger than asked: its size (read it with [`Driver::read_range`]).
+    Large(u64),
+}
+
 /// What a driver can do beyond the mandatory operations.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Capabilities {
@@ -124,6 +133,17 @@ pub trait Driver: Send + Sync + 'static {
         offset: u64,
         len: Option<u64>,
     ) -> Result<ByteStream>;
+
+    /// The whole object if it holds at most `max` bytes, else its size: a small blob's `GET`
+    /// in one call where the backend can (open, stat and read at once). `NotFound` if there is
+    /// no object.
+    async fn read_small(&self, path: &DriverPath, max: u64) -> Result<Small> {
+        let size = self.stat(path).await?.size;
+        if size > max {
+            return Ok(Small::Large(size));
+        }
+        Ok(Small::Whole(self.get(path).await?))
+    }
 
     /// Size and modification time of the object. `NotFound` if there is none (a directory is
     /// not an object).

@@ -20,6 +20,7 @@ use bytes::Bytes;
 use crate::path::is_valid_component;
 use crate::{
     ByteStream, Capabilities, Driver, DriverError, DriverPath, DriverWriter, ObjectMeta, Result,
+    Small,
 };
 
 /// Directory under the root holding temporary files.
@@ -27,6 +28,8 @@ const TMP_DIR: &str = ".tmp";
 /// A range up to this size (a small blob) is read into a buffer in one blocking call; a larger
 /// one is sent from memory maps of this size, one blocking call each.
 const READ_WHOLE: u64 = 1024 * 1024;
+/// `read_small` maps an object of at least this size instead of reading it into a buffer.
+const MAP_FROM: usize = 64 * 1024;
 /// Bytes an append writer buffers before writing them to the file.
 const WRITE_BUF: usize = 512 * 1024;
 /// When syncing, an append writer starts flushing the file's data in the background each time
@@ -144,6 +147,14 @@ impl Driver for LocalFs {
     async fn get(&self, path: &DriverPath) -> Result<Bytes> {
         let p = path.clone();
         self.blocking(path.as_str(), move |fs| fs.get(&p)).await
+    }
+
+    /// One blocking call: open, stat and, for a small object, read it (from 64 KiB up through a
+    /// populated memory map, so no large buffer is allocated on a blocking-pool thread).
+    async fn read_small(&self, path: &DriverPath, max: u64) -> Result<Small> {
+        let p = path.clone();
+        self.blocking(path.as_str(), move |fs| fs.read_small(&p, max))
+            .await
     }
 
     /// If the future is dropped before it completes, the background work stops at its next
@@ -350,16 +361,38 @@ impl Inner {
     }
 
     fn get(&self, path: &DriverPath) -> Result<Bytes> {
+        let (mut file, size) = self.open_object(path)?;
+        let mut buf = Vec::with_capacity(usize::try_from(size).unwrap_or(0));
+        file.read_to_end(&mut buf)
+            .map_err(|e| DriverError::io(path.as_str(), e))?;
+        Ok(Bytes::from(buf))
+    }
+
+    fn read_small(&self, path: &DriverPath, max: u64) -> Result<Small> {
+        let (file, size) = self.open_object(path)?;
+        if size > max {
+            return Ok(Small::Large(size));
+        }
+        let want = usize::try_from(size).unwrap_or(usize::MAX);
+        let bytes = if want >= MAP_FROM {
+            map_window(&file, 0, want)
+        } else {
+            read_at_most(&file, 0, vec![0; want]).map(Bytes::from)
+        };
+        bytes
+            .map(Small::Whole)
+            .map_err(|e| DriverError::io(path.as_str(), e))
+    }
+
+    /// Opens an object (a file, not a directory) for reading: the file and its size.
+    fn open_object(&self, path: &DriverPath) -> Result<(File, u64)> {
         let label = path.as_str();
-        let mut file = File::open(self.object_path(path)?).map_err(|e| lookup_err(label, e))?;
+        let file = File::open(self.object_path(path)?).map_err(|e| lookup_err(label, e))?;
         let meta = file.metadata().map_err(|e| DriverError::io(label, e))?;
         if !meta.is_file() {
             return Err(DriverError::NotFound(label.to_owned()));
         }
-        let mut buf = Vec::with_capacity(usize::try_from(meta.len()).unwrap_or(0));
-        file.read_to_end(&mut buf)
-            .map_err(|e| DriverError::io(label, e))?;
-        Ok(Bytes::from(buf))
+        Ok((file, meta.len()))
     }
 
     /// Write-to-temp and rename; with `durable` (and syncing) the file, its name and any

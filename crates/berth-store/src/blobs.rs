@@ -275,6 +275,25 @@ impl Registry {
         }
     }
 
+    /// A blob of at most `max` bytes, whole, or the size of a larger one (read it with
+    /// [`Registry::blob_read`]): a small blob's `GET` in one storage call.
+    pub async fn blob_read_small(
+        &self,
+        name: &RepoName,
+        digest: &Digest,
+        max: u64,
+    ) -> Result<berth_driver::Small> {
+        match self
+            .driver
+            .read_small(&layout::blob(name, digest)?, max)
+            .await
+        {
+            Ok(s) => Ok(s),
+            Err(e) if e.is_not_found() => Err(StoreError::BlobUnknown(digest.clone())),
+            Err(e) => Err(e.into()),
+        }
+    }
+
     /// Streams `len` bytes of a blob from `offset` (bounds checked by the caller).
     pub async fn blob_read(
         &self,

@@ -33,7 +33,7 @@ use berth_driver::Driver;
 use berth_meta::{Durability, MetaStore, WriteTx};
 use berth_oci::{Digest, RepoName};
 
-pub use berth_driver::{ByteStream, DriverError};
+pub use berth_driver::{ByteStream, DriverError, Small};
 pub use berth_meta::MetaError;
 pub use error::{Result, StoreError};
 pub use reconcile::{ReconcileEvent, ReconcilePhase, ReconcileSummary};

@@ -201,6 +201,41 @@ async fn blob_get_returns_the_bytes_with_length_digest_and_accept_ranges() {
     assert_eq!(r.bytes().await.unwrap().as_ref(), data.as_slice());
 }
 
+/// Blobs of every size class come back whole and exact: empty, read into a buffer, mapped (64
+/// KiB up to 1 MiB, read whole in one storage call), and streamed (above 1 MiB); a range of
+/// each is served from the stream path.
+#[tokio::test]
+async fn blobs_of_every_size_come_back_whole_and_in_ranges() {
+    let reg = TestRegistry::shared();
+    let repo = unique_repo("pull/sizes");
+    for len in [
+        0,
+        1,
+        65_535,
+        65_536,
+        300_001,
+        1 << 20,
+        (1 << 20) + 1,
+        3 << 20,
+    ] {
+        let data = random_bytes(len);
+        let digest = reg.push_blob(&repo, &data).await;
+        let path = format!("/v2/{repo}/blobs/{digest}");
+        let r = reg.get(&path).await;
+        assert_eq!(r.status(), 200, "{len}");
+        assert_eq!(header(&r, "content-length"), len.to_string());
+        assert!(
+            r.bytes().await.unwrap().as_ref() == data.as_slice(),
+            "{len}"
+        );
+        if len > 10 {
+            let r = get_range(reg, &path, "bytes=5-").await;
+            assert_eq!(r.status(), 206, "{len}");
+            assert!(r.bytes().await.unwrap().as_ref() == &data[5..], "{len}");
+        }
+    }
+}
+
 #[tokio::test]
 async fn blob_head_has_length_and_digest_and_no_body() {
     let reg = TestRegistry::shared();
