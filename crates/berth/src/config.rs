@@ -88,6 +88,11 @@ detect_manifest_collision = false
 # an idle timeout, not a deadline: a slow but steady push of any size keeps working.
 body_idle_timeout = "60s"
 
+# A connection that has not sent a complete request head (request line and headers) this long
+# after it opened, or after its previous response, is closed. Guards against clients that hold
+# connections open by sending headers slowly.
+header_read_timeout = "30s"
+
 # On SIGTERM or SIGINT berth stops accepting connections and lets requests in flight finish for
 # up to this long, then exits. An upload cut off here stays resumable after a restart.
 shutdown_timeout = "30s"
@@ -287,6 +292,9 @@ pub struct ApiConfig {
     /// A request body idle for this long fails.
     #[serde(with = "humantime_serde")]
     pub body_idle_timeout: Duration,
+    /// A connection that has not sent a complete request head for this long is closed.
+    #[serde(with = "humantime_serde")]
+    pub header_read_timeout: Duration,
     /// At shutdown, requests in flight get this long to finish.
     #[serde(with = "humantime_serde")]
     pub shutdown_timeout: Duration,
@@ -321,6 +329,15 @@ impl ApiConfig {
                 ),
             });
         }
+        if self.header_read_timeout < Duration::from_secs(1) {
+            return Err(ConfigError::Invalid {
+                key: "api.header_read_timeout".into(),
+                reason: format!(
+                    "must be at least 1s, got {}",
+                    humantime::format_duration(self.header_read_timeout)
+                ),
+            });
+        }
         if self.body_idle_timeout < Duration::from_secs(1) {
             return Err(ConfigError::Invalid {
                 key: "api.body_idle_timeout".into(),
@@ -341,6 +358,7 @@ impl Default for ApiConfig {
             delete_enabled: true,
             detect_manifest_collision: false,
             body_idle_timeout: Duration::from_secs(60),
+            header_read_timeout: Duration::from_secs(30),
             shutdown_timeout: Duration::from_secs(30),
         }
     }

@@ -264,6 +264,7 @@ mod tests {
              min_free_space = 0\nread_only = true\nindex_journal_from = 5\n\
              [api]\nmax_manifest_size = \"1MiB\"\ndelete_enabled = false\n\
              detect_manifest_collision = true\nbody_idle_timeout = \"5s\"\n\
+             header_read_timeout = \"7s\"\n\
              shutdown_timeout = \"1s\"\n\
              [gc]\ndelay = \"1s\"\ninterval = \"2s\"\n\
              [scrub]\ninterval = \"3s\"\nrepair = true\n\

@@ -11,7 +11,6 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::serve::ListenerExt;
 use berth_api::{Api, ApiConfig};
 use berth_driver::local::LocalFs;
 use berth_meta::records::{SCHEMA_KEY, SCHEMA_VERSION};
@@ -327,6 +326,7 @@ pub async fn start(config: Config) -> Result<Running, ServeError> {
     let on_main = (config.metrics.enabled && metrics_addr.is_none()).then(|| metrics.clone());
     let app = health::routes(health.clone(), on_main).merge(berth_api::router(api));
     let (stop, mut stopped) = watch::channel(false);
+    let header_read_timeout = config.api.header_read_timeout;
     let metrics_server = metrics_listener.map(|listener| {
         let routes = health::routes(health, Some(metrics.clone()));
         let mut stop = stop.subscribe();
@@ -334,12 +334,7 @@ pub async fn start(config: Config) -> Result<Running, ServeError> {
             let shutdown = async move {
                 let _ = stop.wait_for(|s| *s).await;
             };
-            if let Err(e) = axum::serve(listener.tap_io(no_delay), routes)
-                .with_graceful_shutdown(shutdown)
-                .await
-            {
-                tracing::warn!(error = %e, "the metrics listener failed");
-            }
+            crate::listener::serve(listener, routes, header_read_timeout, shutdown).await;
         })
     });
     let expiry = spawn_upload_expiry(
@@ -390,9 +385,7 @@ pub async fn start(config: Config) -> Result<Running, ServeError> {
         let shutdown = async move {
             let _ = stopped.wait_for(|s| *s).await;
         };
-        let serving = std::future::IntoFuture::into_future(
-            axum::serve(listener.tap_io(no_delay), app).with_graceful_shutdown(shutdown),
-        );
+        let serving = crate::listener::serve(listener, app, header_read_timeout, shutdown);
         let deadline = async move {
             let _ = stopping.wait_for(|s| *s).await;
             tokio::time::sleep(grace).await;
@@ -400,7 +393,7 @@ pub async fn start(config: Config) -> Result<Running, ServeError> {
         // Requests still running at the deadline are cut off when the process exits; their
         // temporary files go with their drop guards, and an upload's bytes stay resumable.
         let served = tokio::select! {
-            served = serving => served.map_err(ServeError::Serve),
+            () = serving => Ok(()),
             () = deadline => {
                 tracing::warn!(timeout = %humantime::format_duration(grace),
                     "requests still in flight after [api] shutdown_timeout; stopping without them");
@@ -800,13 +793,5 @@ async fn wait_for_signal() {
     #[cfg(not(unix))]
     {
         let _ = ctrl_c.await;
-    }
-}
-
-/// Responses go out as soon as they are written: without `TCP_NODELAY`, a response head and a
-/// small body sent in two writes wait on the peer's delayed ACK (about 40 ms a request).
-fn no_delay(tcp: &mut tokio::net::TcpStream) {
-    if let Err(e) = tcp.set_nodelay(true) {
-        tracing::debug!(error = %e, "cannot set TCP_NODELAY");
     }
 }

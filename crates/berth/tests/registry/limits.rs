@@ -96,6 +96,31 @@ async fn below_the_free_space_floor_uploads_are_refused_while_reads_and_deletes_
     assert_eq!(r.status(), 202);
 }
 
+/// A client that never finishes its request head is disconnected after `[api]
+/// header_read_timeout`, while a complete request on another connection is served.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_connection_that_never_finishes_its_headers_is_closed() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let reg = TestRegistry::start_with(|c| c.api.header_read_timeout = Duration::from_secs(1));
+    let mut slow = tokio::net::TcpStream::connect(&reg.host).await.unwrap();
+    slow.write_all(b"GET /v2/ HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    let mut buf = [0u8; 1024];
+    let read = tokio::time::timeout(Duration::from_secs(15), slow.read(&mut buf))
+        .await
+        .expect("the server kept a connection without a complete request head");
+    // Closed: end of stream, a reset, or at most an error response before the close.
+    if let Ok(n) = read {
+        let text = String::from_utf8_lossy(&buf[..n]);
+        assert!(n == 0 || text.starts_with("HTTP/1.1 4"), "{text}");
+    }
+    assert!(started.elapsed() < Duration::from_secs(15));
+    let r = reg.get("/v2/").await;
+    assert_eq!(r.status(), 200);
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn an_idle_body_fails_and_the_bytes_before_it_stay_resumable() {
     let reg = TestRegistry::start_with(|c| c.api.body_idle_timeout = Duration::from_secs(1));
