@@ -329,26 +329,23 @@ impl ApiConfig {
                 ),
             });
         }
-        if self.header_read_timeout < Duration::from_secs(1) {
-            return Err(ConfigError::Invalid {
-                key: "api.header_read_timeout".into(),
-                reason: format!(
-                    "must be at least 1s, got {}",
-                    humantime::format_duration(self.header_read_timeout)
-                ),
-            });
-        }
-        if self.body_idle_timeout < Duration::from_secs(1) {
-            return Err(ConfigError::Invalid {
-                key: "api.body_idle_timeout".into(),
-                reason: format!(
-                    "must be at least 1s, got {}",
-                    humantime::format_duration(self.body_idle_timeout)
-                ),
-            });
-        }
-        Ok(())
+        at_least_a_second("api.header_read_timeout", self.header_read_timeout)?;
+        at_least_a_second("api.body_idle_timeout", self.body_idle_timeout)
     }
+}
+
+/// A timeout shorter than a second is refused: it would cut off ordinary clients.
+fn at_least_a_second(key: &str, value: Duration) -> Result<(), ConfigError> {
+    if value < Duration::from_secs(1) {
+        return Err(ConfigError::Invalid {
+            key: key.into(),
+            reason: format!(
+                "must be at least 1s, got {}",
+                humantime::format_duration(value)
+            ),
+        });
+    }
+    Ok(())
 }
 
 impl Default for ApiConfig {
@@ -1177,6 +1174,15 @@ mod tests {
         assert!(err.contains("max_manifest_size"), "{err}");
         let err = api("max_manifest_size = -1").unwrap_err().to_string();
         assert!(err.contains("max_manifest_size"), "{err}");
+    }
+
+    #[test]
+    fn sub_second_timeouts_are_rejected_naming_the_key() {
+        for key in ["header_read_timeout", "body_idle_timeout"] {
+            let err = api(&format!(r#"{key} = "500ms""#)).unwrap_err().to_string();
+            assert_eq!(err, format!("api.{key}: must be at least 1s, got 500ms"));
+            assert!(api(&format!(r#"{key} = "1s""#)).is_ok());
+        }
     }
 
     #[test]
