@@ -189,17 +189,11 @@ impl Driver for LocalFs {
         offset: u64,
         len: Option<u64>,
     ) -> Result<ByteStream> {
-        let full = self.inner.object_path(path)?;
-        let label = path.as_str().to_owned();
-        let (file, size) = run_blocking(path.as_str(), move || {
-            let file = File::open(&full).map_err(|e| lookup_err(&label, e))?;
-            let meta = file.metadata().map_err(|e| lookup_err(&label, e))?;
-            if !meta.is_file() {
-                return Err(DriverError::NotFound(label));
-            }
-            Ok((Arc::new(file), meta.len()))
-        })
-        .await?;
+        let p = path.clone();
+        let (file, size) = self
+            .blocking(path.as_str(), move |fs| fs.open_object(&p))
+            .await?;
+        let file = Arc::new(file);
         // The object as it is now: up to its current size.
         let end = match len {
             Some(len) => offset.saturating_add(len).min(size),
